@@ -1,0 +1,167 @@
+//! Builds the stages and owns shutdown. Data flows one way:
+//! connection manager → pipeline → sink, through bounded channels. Shutdown
+//! is one token: the connection manager stops taking frames and closes its
+//! sockets; the pipeline and the sink end when their inputs end, so what was
+//! received is drained and flushed, within `shutdown_grace`.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Settings, SinkKind};
+use crate::connection::session::SessionContext;
+use crate::connection::supervisor;
+use crate::genesys::{self, api::Api, auth::Auth};
+use crate::pipeline::{self, dedup::Dedup, route};
+use crate::sink::{kafka, stdout};
+use crate::telemetry::metrics;
+
+/// The Kafka topics the configured Genesys topics map to, plus the gap topic.
+pub fn kafka_topics(settings: &Settings) -> Vec<String> {
+    let mut router = route::Router::new(
+        &settings.kafka.topic_prefix,
+        settings.kafka.topic_map.clone(),
+    );
+    let mut names: BTreeSet<String> = settings
+        .genesys
+        .topics
+        .iter()
+        .flat_map(|t| route::expand_combined(t))
+        .map(|t| router.kafka_topic(&t).to_string())
+        .collect();
+    names.insert(router.gaps_topic().to_string());
+    names.into_iter().collect()
+}
+
+/// Runs the bridge until `shutdown` is cancelled, then drains and returns.
+/// An admin listener, if any, is passed in already bound.
+pub async fn run(
+    settings: Settings,
+    admin: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let admin_cancel = CancellationToken::new();
+    let admin_task =
+        admin.map(|listener| tokio::spawn(crate::admin::serve(listener, admin_cancel.clone())));
+
+    let capacity = settings.pipeline.channel_capacity;
+    let (inbound_tx, inbound_rx) = mpsc::channel(capacity);
+    let (records_tx, records_rx) = mpsc::channel(capacity);
+    let sink_deadline = CancellationToken::new();
+    let background = CancellationToken::new();
+
+    let sink = match settings.pipeline.sink {
+        SinkKind::Kafka => {
+            let producer =
+                kafka::producer(&settings.kafka).context("creating the Kafka producer")?;
+            if settings.kafka.create_topics {
+                kafka::create_topics(&settings.kafka, &kafka_topics(&settings))
+                    .await
+                    .context("creating Kafka topics")?;
+            }
+            tokio::spawn(kafka::watch_reachability(
+                producer.clone(),
+                background.clone(),
+            ));
+            tokio::spawn(kafka::run(
+                producer,
+                records_rx,
+                settings.kafka.buffer,
+                settings.kafka.overflow,
+                sink_deadline.clone(),
+            ))
+        }
+        SinkKind::Stdout => {
+            metrics()
+                .health
+                .kafka_not_needed
+                .store(true, Ordering::Relaxed);
+            tokio::spawn(stdout::run(records_rx))
+        }
+    };
+
+    let pipeline = tokio::spawn(pipeline::run(
+        inbound_rx,
+        records_tx,
+        Dedup::new(settings.dedup.window, settings.dedup.capacity),
+        route::Router::new(
+            &settings.kafka.topic_prefix,
+            settings.kafka.topic_map.clone(),
+        ),
+    ));
+
+    let g = &settings.genesys;
+    let http = genesys::http_client();
+    let auth = Auth::new(
+        http.clone(),
+        &g.login_base_url,
+        &g.client_id,
+        &g.client_secret,
+        &settings.reconnect,
+    );
+    tokio::spawn(auth.clone().run_refresher(background.clone()));
+    let ctx = SessionContext {
+        api: Api::new(http, &g.api_base_url, auth),
+        out: inbound_tx,
+        ping_interval: g.ping_interval,
+        heartbeat_timeout: g.heartbeat_timeout,
+        max_frame_bytes: g.max_frame_bytes,
+    };
+    let supervisor = tokio::spawn(supervisor::run(
+        ctx,
+        settings.genesys.topics.clone(),
+        g.redundancy,
+        settings.reconnect.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        topics = g.topics.len(),
+        redundancy = g.redundancy,
+        sink = ?settings.pipeline.sink,
+        "Bridge started."
+    );
+
+    shutdown.cancelled().await;
+    tracing::info!(
+        grace_secs = settings.shutdown_grace.as_secs_f64(),
+        "Shutting down: closing sockets, draining, flushing."
+    );
+    let grace = settings.shutdown_grace;
+    let drain = async {
+        let _ = supervisor.await;
+        let _ = pipeline.await;
+    };
+    let started = tokio::time::Instant::now();
+    if tokio::time::timeout(grace.mul_f64(0.5), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("Intake did not stop in time; flushing what reached the sink.");
+    }
+    let left = grace.saturating_sub(started.elapsed());
+    let sink_done = tokio::time::timeout(left.saturating_sub(grace.mul_f64(0.1)), sink);
+    let result = match sink_done.await {
+        Ok(_) => {
+            tracing::info!("Shutdown complete: everything received was published.");
+            Ok(())
+        }
+        Err(_) => {
+            sink_deadline.cancel();
+            tracing::error!(
+                buffered = metrics().buffered_events.get(),
+                "Shutdown grace ran out before every event was acknowledged."
+            );
+            Ok(())
+        }
+    };
+    background.cancel();
+    admin_cancel.cancel();
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    result
+}

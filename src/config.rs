@@ -1,0 +1,809 @@
+//! Configuration: defaults < TOML file < environment, read with figment and
+//! validated once into [`Settings`], the domain types the rest of the bridge
+//! uses. Every mistake is reported as a [`ConfigError`] that names the key and
+//! the fix; the binary exits with code 64 on it before binding anything.
+//!
+//! Environment: every key as `GENESYS_BRIDGE_<SECTION>__<KEY>` (for example
+//! `GENESYS_BRIDGE_KAFKA__BROKERS`), plus the short forms `GENESYS_CLIENT_ID`,
+//! `GENESYS_CLIENT_SECRET` and `GENESYS_REGION`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::genesys::region;
+
+/// The most topics Genesys accepts on one channel.
+pub const MAX_TOPICS_PER_CHANNEL: usize = 1000;
+/// The most channels one user + OAuth client may hold; the 21st evicts one.
+pub const MAX_CHANNELS: usize = 20;
+
+/// A secret string: prints as `***` in `Debug`, `Display` and serialized output.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
+
+/// The file format, one struct per `[section]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub genesys: GenesysSection,
+    pub reconnect: ReconnectSection,
+    pub kafka: KafkaSection,
+    pub dedup: DedupSection,
+    pub pipeline: PipelineSection,
+    pub admin: AdminSection,
+    pub log: LogSection,
+    /// How long shutdown may take to drain and flush (keep it below the pod's
+    /// `terminationGracePeriodSeconds`).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenesysSection {
+    /// Region key (`eu_west_1`) or domain (`mypurecloud.ie`).
+    pub region: String,
+    /// Overrides the API base URL derived from the region (tests, proxies).
+    pub api_base_url: Option<String>,
+    /// Overrides the login base URL derived from the region.
+    pub login_base_url: Option<String>,
+    /// OAuth client id (client-credentials grant).
+    pub client_id: String,
+    /// OAuth client secret; prefer `client_secret_file` or the environment.
+    pub client_secret: Secret,
+    /// A file holding the client secret (e.g. a mounted Kubernetes Secret).
+    pub client_secret_file: Option<PathBuf>,
+    /// Topics to subscribe, e.g. `v2.users.<id>.presence`.
+    pub topics: Vec<String>,
+    /// A file with more topics, one per line (`#` starts a comment).
+    pub topics_file: Option<PathBuf>,
+    /// How often to send `{"message":"ping"}` on each socket.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Silence longer than this (no heartbeat, pong or event) means the socket is dead.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// Channels per shard of topics: 2 keeps a second socket receiving the same topics.
+    pub redundancy: usize,
+    /// A larger frame recycles the socket (counted); protects memory.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for GenesysSection {
+    fn default() -> Self {
+        Self {
+            region: "us_east_1".into(),
+            api_base_url: None,
+            login_base_url: None,
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            client_secret_file: None,
+            topics: Vec::new(),
+            topics_file: None,
+            ping_interval: Duration::from_secs(20),
+            heartbeat_timeout: Duration::from_secs(70),
+            redundancy: 1,
+            max_frame_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconnectSection {
+    /// The first retry waits up to this long (full jitter).
+    #[serde(with = "humantime_serde")]
+    pub initial_delay: Duration,
+    /// No retry waits longer than this (besides a server's Retry-After).
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// A connection up this long resets the backoff.
+    #[serde(with = "humantime_serde")]
+    pub stable_after: Duration,
+}
+
+impl Default for ReconnectSection {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            stable_after: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSection {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Every Kafka topic name starts with this and a dot.
+    pub topic_prefix: String,
+    /// Create missing topics through the admin API at start.
+    pub create_topics: bool,
+    /// Partitions for topics the bridge creates.
+    pub partitions: i32,
+    /// Replication factor for topics the bridge creates (-1: the broker's default).
+    pub replication_factor: i32,
+    /// Events waiting for a delivery report at most; past it, back-pressure.
+    pub buffer: usize,
+    /// `block` (back-pressure, the default) or `drop_newest` (counted, logged).
+    pub overflow: OverflowPolicy,
+    /// Overrides of the Genesys topic → Kafka topic mapping: pattern → Kafka
+    /// topic. A pattern is a topic name with `{id}` where an id stands.
+    pub topic_map: BTreeMap<String, String>,
+    /// Any librdkafka property (SASL, TLS, linger.ms, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: "genesys".into(),
+            create_topics: false,
+            partitions: 6,
+            replication_factor: -1,
+            buffer: 100_000,
+            overflow: OverflowPolicy::Block,
+            topic_map: BTreeMap::new(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowPolicy {
+    Block,
+    DropNewest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupSection {
+    /// How long an event's fingerprint is remembered.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How many fingerprints are remembered at most.
+    pub capacity: usize,
+}
+
+impl Default for DedupSection {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(300),
+            capacity: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSection {
+    /// `kafka` or `stdout` (NDJSON, for debugging).
+    pub sink: SinkKind,
+    /// Capacity of the bounded channels between stages.
+    pub channel_capacity: usize,
+}
+
+impl Default for PipelineSection {
+    fn default() -> Self {
+        Self {
+            sink: SinkKind::Kafka,
+            channel_capacity: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    Kafka,
+    Stdout,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Address of the admin server (`/metrics`, `/livez`, `/readyz`); empty disables it.
+    pub listen: String,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `json` for production, `pretty` for a terminal. The level comes from `RUST_LOG`.
+    pub format: LogFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl FileConfig {
+    fn defaults() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(20),
+            ..Self::default()
+        }
+    }
+}
+
+/// A configuration mistake: which key, what is wrong, how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {problem}; {fix}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub genesys: GenesysSettings,
+    pub reconnect: ReconnectSection,
+    pub kafka: KafkaSection,
+    pub dedup: DedupSection,
+    pub pipeline: PipelineSection,
+    pub admin_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenesysSettings {
+    pub api_base_url: String,
+    pub login_base_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub topics: Vec<String>,
+    pub ping_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub redundancy: usize,
+    pub max_frame_bytes: usize,
+}
+
+/// Reads defaults < `file` (if given) < environment.
+pub fn figment(file: Option<&Path>) -> Figment {
+    let mut figment = Figment::from(Serialized::defaults(FileConfig::defaults()));
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment
+        .merge(
+            Env::prefixed("GENESYS_BRIDGE_")
+                .ignore(&["config"])
+                .split("__"),
+        )
+        .merge(
+            Env::raw()
+                .only(&[
+                    "GENESYS_CLIENT_ID",
+                    "GENESYS_CLIENT_SECRET",
+                    "GENESYS_REGION",
+                ])
+                .map(|key| {
+                    match key.as_str().to_ascii_lowercase().as_str() {
+                        "genesys_client_id" => "genesys.client_id",
+                        "genesys_client_secret" => "genesys.client_secret",
+                        _ => "genesys.region",
+                    }
+                    .into()
+                }),
+        )
+}
+
+/// Reads and validates the configuration.
+pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+    let raw: FileConfig = figment(file).extract().map_err(from_figment)?;
+    validate(raw)
+}
+
+fn from_figment(error: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let mut key = error.path.join(".");
+    let fix = match &error.kind {
+        Kind::UnknownField(field, _) => {
+            if error.path.last() != Some(field) {
+                key = if key.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{key}.{field}")
+                };
+            }
+            "remove it or fix its spelling (see README, Configuration)".to_owned()
+        }
+        Kind::InvalidType(..) | Kind::InvalidValue(..) => {
+            "durations look like \"30s\" or \"5m\"; see README, Configuration".to_owned()
+        }
+        _ => "see README, Configuration".to_owned(),
+    };
+    let problem = match &error.kind {
+        Kind::UnknownField(..) => "unknown key".to_owned(),
+        Kind::Message(m) if m.contains("No such file") || m.contains("not found") => {
+            key = "--config".into();
+            m.clone()
+        }
+        other => other.to_string(),
+    };
+    if key.is_empty() {
+        key = "(file)".into();
+    }
+    ConfigError::new(&key, problem, fix)
+}
+
+/// Turns the file format into domain settings, naming the key of every mistake.
+pub fn validate(raw: FileConfig) -> Result<Settings, ConfigError> {
+    let g = raw.genesys;
+    let (api_base_url, login_base_url) = base_urls(&g)?;
+    if g.client_id.trim().is_empty() {
+        return Err(ConfigError::new(
+            "genesys.client_id",
+            "missing",
+            "set it in the config file or in GENESYS_CLIENT_ID",
+        ));
+    }
+    let client_secret = match (&g.client_secret_file, g.client_secret.is_empty()) {
+        (Some(path), true) => Secret::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    ConfigError::new(
+                        "genesys.client_secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                        "point it at a readable file holding only the secret",
+                    )
+                })?
+                .trim(),
+        ),
+        (Some(_), false) => {
+            return Err(ConfigError::new(
+                "genesys.client_secret",
+                "set together with genesys.client_secret_file",
+                "keep only one of the two",
+            ))
+        }
+        (None, _) => g.client_secret.clone(),
+    };
+    if client_secret.is_empty() {
+        return Err(ConfigError::new(
+            "genesys.client_secret",
+            "missing",
+            "set GENESYS_CLIENT_SECRET or genesys.client_secret_file",
+        ));
+    }
+    let topics = topics(&g)?;
+    if g.redundancy == 0 || g.redundancy > 2 {
+        return Err(ConfigError::new(
+            "genesys.redundancy",
+            format!("{} is not allowed", g.redundancy),
+            "use 1 (one channel per shard) or 2 (two channels per shard)",
+        ));
+    }
+    let shards = topics.len().div_ceil(MAX_TOPICS_PER_CHANNEL);
+    let channels = shards * g.redundancy;
+    if channels + 1 > MAX_CHANNELS {
+        return Err(ConfigError::new(
+            "genesys.topics",
+            format!(
+                "{} topics need {channels} channels (shards of {MAX_TOPICS_PER_CHANNEL} x redundancy {}), \
+                 but Genesys allows {MAX_CHANNELS} and rotation needs one spare",
+                topics.len(),
+                g.redundancy
+            ),
+            "subscribe fewer topics, use combined topics (v2.users.<id>?presence&routingStatus), \
+             or lower genesys.redundancy",
+        ));
+    }
+    positive("genesys.ping_interval", g.ping_interval)?;
+    positive("genesys.heartbeat_timeout", g.heartbeat_timeout)?;
+    if g.heartbeat_timeout <= g.ping_interval {
+        return Err(ConfigError::new(
+            "genesys.heartbeat_timeout",
+            "must be longer than genesys.ping_interval",
+            "keep it at least twice the ping interval (defaults: 20s and 70s)",
+        ));
+    }
+    if g.max_frame_bytes < 64 * 1024 {
+        return Err(ConfigError::new(
+            "genesys.max_frame_bytes",
+            "below 65536",
+            "conversation events can be tens of KB; keep it at 1 MiB or more",
+        ));
+    }
+    let r = raw.reconnect;
+    positive("reconnect.initial_delay", r.initial_delay)?;
+    if r.max_delay < r.initial_delay {
+        return Err(ConfigError::new(
+            "reconnect.max_delay",
+            "shorter than reconnect.initial_delay",
+            "make it at least as long as the initial delay",
+        ));
+    }
+    let k = raw.kafka;
+    if raw.pipeline.sink == SinkKind::Kafka && k.brokers.trim().is_empty() {
+        return Err(ConfigError::new(
+            "kafka.brokers",
+            "empty",
+            "name the bootstrap servers, e.g. \"kafka-0:9092,kafka-1:9092\"",
+        ));
+    }
+    if !is_kafka_name(&k.topic_prefix) {
+        return Err(ConfigError::new(
+            "kafka.topic_prefix",
+            format!("{:?} is not a valid Kafka topic prefix", k.topic_prefix),
+            "use letters, digits, '.', '_' and '-' only",
+        ));
+    }
+    for (pattern, topic) in &k.topic_map {
+        if !is_kafka_name(topic) {
+            return Err(ConfigError::new(
+                &format!("kafka.topic_map.{pattern}"),
+                format!("{topic:?} is not a valid Kafka topic name"),
+                "use letters, digits, '.', '_' and '-' only",
+            ));
+        }
+    }
+    if k.partitions < 1 {
+        return Err(ConfigError::new(
+            "kafka.partitions",
+            "below 1",
+            "use 1 or more",
+        ));
+    }
+    if k.buffer == 0 {
+        return Err(ConfigError::new("kafka.buffer", "zero", "use 1000 or more"));
+    }
+    if raw.dedup.capacity == 0 {
+        return Err(ConfigError::new(
+            "dedup.capacity",
+            "zero",
+            "use the default 100000 or another positive number",
+        ));
+    }
+    positive("dedup.window", raw.dedup.window)?;
+    if raw.pipeline.channel_capacity == 0 {
+        return Err(ConfigError::new(
+            "pipeline.channel_capacity",
+            "zero",
+            "use the default 4096 or another positive number",
+        ));
+    }
+    let admin_listen = match raw.admin.listen.trim() {
+        "" => None,
+        listen => Some(listen.parse().map_err(|_| {
+            ConfigError::new(
+                "admin.listen",
+                format!("{listen:?} is not an address"),
+                "use host:port, e.g. 0.0.0.0:9464, or \"\" to disable",
+            )
+        })?),
+    };
+    positive("shutdown_grace", raw.shutdown_grace)?;
+    Ok(Settings {
+        genesys: GenesysSettings {
+            api_base_url,
+            login_base_url,
+            client_id: g.client_id.trim().to_owned(),
+            client_secret,
+            topics,
+            ping_interval: g.ping_interval,
+            heartbeat_timeout: g.heartbeat_timeout,
+            redundancy: g.redundancy,
+            max_frame_bytes: g.max_frame_bytes,
+        },
+        reconnect: r,
+        kafka: k,
+        dedup: raw.dedup,
+        pipeline: raw.pipeline,
+        admin_listen,
+        log_format: raw.log.format,
+        shutdown_grace: raw.shutdown_grace,
+    })
+}
+
+fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        Err(ConfigError::new(
+            key,
+            "zero",
+            "use a positive duration such as \"30s\"",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn base_urls(g: &GenesysSection) -> Result<(String, String), ConfigError> {
+    let derived = region::domain(&g.region).map(region::base_urls);
+    let pick = |key: &str, explicit: &Option<String>, derived: Option<String>| match explicit
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            Ok(url.trim_end_matches('/').to_owned())
+        }
+        Some(url) => Err(ConfigError::new(
+            key,
+            format!("{url:?} is not an http(s) URL"),
+            "use e.g. https://api.mypurecloud.ie, or leave it out and set genesys.region",
+        )),
+        None => derived.ok_or_else(|| {
+            ConfigError::new(
+                "genesys.region",
+                format!("unknown region {:?}", g.region),
+                "use a region key such as eu_west_1 or a domain such as mypurecloud.ie",
+            )
+        }),
+    };
+    Ok((
+        pick(
+            "genesys.api_base_url",
+            &g.api_base_url,
+            derived.clone().map(|d| d.0),
+        )?,
+        pick(
+            "genesys.login_base_url",
+            &g.login_base_url,
+            derived.map(|d| d.1),
+        )?,
+    ))
+}
+
+fn topics(g: &GenesysSection) -> Result<Vec<String>, ConfigError> {
+    let mut all: Vec<(String, &str)> = g
+        .topics
+        .iter()
+        .map(|t| (t.trim().to_owned(), "genesys.topics"))
+        .collect();
+    if let Some(path) = &g.topics_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                "genesys.topics_file",
+                format!("cannot read {}: {e}", path.display()),
+                "point it at a readable file with one topic per line",
+            )
+        })?;
+        all.extend(
+            text.lines()
+                .map(|line| line.split('#').next().unwrap_or_default().trim())
+                .filter(|line| !line.is_empty())
+                .map(|line| (line.to_owned(), "genesys.topics_file")),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut topics = Vec::with_capacity(all.len());
+    for (topic, key) in all {
+        if !topic.starts_with("v2.")
+            || topic.len() >= 200
+            || topic.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ConfigError::new(
+                key,
+                format!("{topic:?} is not a notification topic"),
+                "topics look like v2.users.<id>.presence (under 200 characters)",
+            ));
+        }
+        if seen.insert(topic.clone()) {
+            topics.push(topic);
+        }
+    }
+    if topics.is_empty() {
+        return Err(ConfigError::new(
+            "genesys.topics",
+            "no topics",
+            "list topics in genesys.topics or genesys.topics_file",
+        ));
+    }
+    Ok(topics)
+}
+
+fn is_kafka_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    const GOOD: &str = r#"
+        [genesys]
+        region = "eu_west_1"
+        client_id = "id-1"
+        client_secret = "s3cret-value"
+        topics = ["v2.users.7b8e4a6c-2f0d-4b8e-9d1a-0c3e5f7a9b1d.presence"]
+        ping_interval = "10s"
+        [reconnect]
+        initial_delay = "250ms"
+    "#;
+
+    fn load_in_jail(jail: &mut Jail, toml: &str) -> Result<Settings, ConfigError> {
+        jail.create_file("bridge.toml", toml).expect("jail file");
+        load(Some(Path::new("bridge.toml")))
+    }
+
+    #[test]
+    fn file_and_env_layers() {
+        Jail::expect_with(|jail| {
+            jail.set_env("GENESYS_BRIDGE_KAFKA__BROKERS", "k1:9092,k2:9092");
+            jail.set_env("GENESYS_BRIDGE_GENESYS__REDUNDANCY", "2");
+            jail.set_env("GENESYS_CLIENT_ID", "from-env");
+            let s = load_in_jail(jail, GOOD).expect("valid");
+            assert_eq!(s.genesys.api_base_url, "https://api.mypurecloud.ie");
+            assert_eq!(s.genesys.login_base_url, "https://login.mypurecloud.ie");
+            assert_eq!(s.genesys.client_id, "from-env");
+            assert_eq!(s.genesys.redundancy, 2);
+            assert_eq!(s.genesys.ping_interval, Duration::from_secs(10));
+            assert_eq!(s.genesys.heartbeat_timeout, Duration::from_secs(70));
+            assert_eq!(s.reconnect.initial_delay, Duration::from_millis(250));
+            assert_eq!(s.kafka.brokers, "k1:9092,k2:9092");
+            assert_eq!(s.shutdown_grace, Duration::from_secs(20));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        Jail::expect_with(|jail| {
+            let s = load_in_jail(jail, GOOD).expect("valid");
+            let debug = format!("{s:?}");
+            assert!(!debug.contains("s3cret-value"), "{debug}");
+            assert!(debug.contains("***"));
+            let mut raw: FileConfig = figment(Some(Path::new("bridge.toml"))).extract()?;
+            raw.genesys.client_secret = Secret::new("s3cret-value");
+            let toml = serde_json::to_string(&raw).expect("serializes");
+            assert!(!toml.contains("s3cret-value"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_mistake_names_its_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[genesys]\nregion = \"mars\"\n", "genesys.region"),
+            ("[genesys]\nclient_id = \"\"\n", "genesys.client_id"),
+            ("[genesys]\nclient_secret = \"\"\n", "genesys.client_secret"),
+            ("[genesys]\ntopics = []\n", "genesys.topics"),
+            ("[genesys]\ntopics = [\"users.x\"]\n", "genesys.topics"),
+            ("[genesys]\nredundancy = 3\n", "genesys.redundancy"),
+            (
+                "[genesys]\nping_interval = \"soon\"\n",
+                "genesys.ping_interval",
+            ),
+            (
+                "[genesys]\nheartbeat_timeout = \"5s\"\n",
+                "genesys.heartbeat_timeout",
+            ),
+            (
+                "[genesys]\napi_base_url = \"ftp://x\"\n",
+                "genesys.api_base_url",
+            ),
+            (
+                "[genesys]\nclient_secret_file = \"/nonexistent/s\"\n",
+                "genesys.client_secret",
+            ),
+            (
+                "[genesys]\ntopics_file = \"/nonexistent/t\"\n",
+                "genesys.topics_file",
+            ),
+            ("[genesys]\ncolour = \"blue\"\n", "genesys.colour"),
+            ("[reconnect]\nmax_delay = \"1ms\"\n", "reconnect.max_delay"),
+            ("[kafka]\ntopic_prefix = \"a b\"\n", "kafka.topic_prefix"),
+            ("[kafka]\npartitions = 0\n", "kafka.partitions"),
+            ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
+            ("[dedup]\ncapacity = 0\n", "dedup.capacity"),
+            ("shutdown_grace = \"0s\"\n", "shutdown_grace"),
+            ("[nonsense]\n", "nonsense"),
+        ];
+        for (patch, key) in cases {
+            Jail::expect_with(|jail| {
+                // Later keys in a TOML table cannot repeat earlier ones, so the
+                // patch goes into a second file layered over the good one.
+                jail.create_file("bridge.toml", GOOD)?;
+                jail.create_file("patch.toml", patch)?;
+                let raw = figment(Some(Path::new("bridge.toml")))
+                    .merge(Toml::file_exact("patch.toml"))
+                    .extract::<FileConfig>()
+                    .map_err(from_figment)
+                    .and_then(validate);
+                let err = raw.expect_err(patch);
+                assert_eq!(&err.key, key, "{patch}: {err}");
+                assert!(!err.to_string().contains("s3cret-value"));
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn too_many_topics_for_twenty_channels() {
+        Jail::expect_with(|jail| {
+            let topics: Vec<String> = (0..19_001)
+                .map(|i| format!("\"v2.users.u{i}.presence\""))
+                .collect();
+            let toml = GOOD.replace(
+                "topics = [\"v2.users.7b8e4a6c-2f0d-4b8e-9d1a-0c3e5f7a9b1d.presence\"]",
+                &format!("topics = [{}]", topics.join(",")),
+            );
+            let err = load_in_jail(jail, &toml).expect_err("too many");
+            assert_eq!(err.key, "genesys.topics");
+            let ok = GOOD.replace(
+                "topics = [\"v2.users.7b8e4a6c-2f0d-4b8e-9d1a-0c3e5f7a9b1d.presence\"]",
+                &format!("topics = [{}]", topics[..19_000].join(",")),
+            );
+            assert_eq!(
+                load_in_jail(jail, &ok).expect("fits").genesys.topics.len(),
+                19_000
+            );
+            Ok(())
+        });
+    }
+}

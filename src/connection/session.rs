@@ -1,0 +1,361 @@
+//! One socket of one channel, from its set-up to its end. A session gets (or
+//! checks, or creates) its channel, opens the socket *before* subscribing (so
+//! a subscription that moves to it lands on a socket already listening),
+//! subscribes, confirms with a ping that it is receiving, and then forwards
+//! notifications until the socket ends or it is told to stop. It reports what
+//! happens to its slot ([`SessionEvent`]) and never decides policy itself.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{Inbound, Notification, Reason};
+use crate::genesys::api::{Api, ApiError, Channel};
+use crate::genesys::frame::{self, Frame};
+use crate::telemetry::{events, metrics};
+
+const PING: &str = r#"{"message":"ping"}"#;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How a session gets its channel.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// Create a channel and subscribe it.
+    New,
+    /// HEAD this channel: reconnect to it if it still exists (its
+    /// subscriptions live on the server), else create a new one.
+    Check(Channel),
+}
+
+/// Settings every session shares.
+#[derive(Clone)]
+pub struct SessionContext {
+    pub api: Api,
+    pub out: mpsc::Sender<Inbound>,
+    pub ping_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub max_frame_bytes: usize,
+}
+
+/// What one session tells its slot.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// The socket is open, subscribed and answered a ping: it is receiving.
+    Receiving {
+        channel: Channel,
+        reused: bool,
+        accepted: usize,
+        rejected: Vec<(String, String)>,
+    },
+    /// The server announced this socket will stop (make-before-break time).
+    Planned {
+        reason: Reason,
+        detail: &'static str,
+    },
+    /// The session is over.
+    Ended(Ended),
+}
+
+#[derive(Debug)]
+pub struct Ended {
+    /// Why a receiving socket was lost; `None` when the session never got to
+    /// receive (set-up failed).
+    pub reason: Option<Reason>,
+    pub detail: String,
+    /// When the socket stopped receiving (for a stall: the last frame).
+    pub since: SystemTime,
+    /// The channel, if one was obtained (to HEAD it before reconnecting).
+    pub channel: Option<Channel>,
+    pub retry_after: Option<Duration>,
+    /// How long the socket was receiving.
+    pub up_for: Duration,
+}
+
+/// Runs one session to its end; every outcome is reported on `events`.
+pub async fn run(
+    ctx: SessionContext,
+    shard: usize,
+    topics: Arc<[String]>,
+    plan: Plan,
+    delay: Duration,
+    cancel: CancellationToken,
+    events: mpsc::UnboundedSender<SessionEvent>,
+) {
+    tokio::select! {
+        () = cancel.cancelled() => return,
+        () = tokio::time::sleep(delay) => {}
+    }
+    let ended = match tokio::select! {
+        () = cancel.cancelled() => return,
+        result = obtain(&ctx.api, plan) => result,
+    } {
+        Ok((channel, reused)) => {
+            Session {
+                ctx: &ctx,
+                shard,
+                topics: &topics,
+                channel,
+                reused,
+                events: &events,
+            }
+            .connect_and_run(&cancel)
+            .await
+        }
+        Err((error, channel)) => Some(Ended {
+            reason: None,
+            retry_after: error.retry_after(),
+            detail: error.to_string(),
+            since: SystemTime::now(),
+            channel,
+            up_for: Duration::ZERO,
+        }),
+    };
+    if let Some(ended) = ended {
+        let _ = events.send(SessionEvent::Ended(ended));
+    }
+}
+
+/// The channel to connect to, and whether it is an existing one.
+async fn obtain(api: &Api, plan: Plan) -> Result<(Channel, bool), (ApiError, Option<Channel>)> {
+    if let Plan::Check(channel) = plan {
+        match api.channel_exists(&channel.id).await {
+            Ok(true) => return Ok((channel, true)),
+            Ok(false) => {}
+            Err(e) => return Err((e, Some(channel))),
+        }
+    }
+    api.create_channel()
+        .await
+        .map(|c| (c, false))
+        .map_err(|e| (e, None))
+}
+
+struct Session<'a> {
+    ctx: &'a SessionContext,
+    shard: usize,
+    topics: &'a Arc<[String]>,
+    channel: Channel,
+    reused: bool,
+    events: &'a mpsc::UnboundedSender<SessionEvent>,
+}
+
+impl Session<'_> {
+    async fn connect_and_run(self, cancel: &CancellationToken) -> Option<Ended> {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(self.ctx.max_frame_bytes))
+            .max_frame_size(Some(self.ctx.max_frame_bytes));
+        let connect = tokio_tungstenite::connect_async_with_config(
+            self.channel.connect_uri.expose(),
+            Some(config),
+            false,
+        );
+        let result = tokio::select! {
+            () = cancel.cancelled() => return None,
+            result = tokio::time::timeout(CONNECT_TIMEOUT, connect) => result,
+        };
+        let socket = match result {
+            Ok(Ok((socket, _response))) => socket,
+            Ok(Err(e)) => return Some(self.failed(describe(&e))),
+            Err(_) => return Some(self.failed("connect timed out".into())),
+        };
+        self.run(socket, cancel).await
+    }
+
+    fn failed(self, detail: String) -> Ended {
+        Ended {
+            reason: None,
+            detail,
+            since: SystemTime::now(),
+            retry_after: None,
+            channel: Some(self.channel),
+            up_for: Duration::ZERO,
+        }
+    }
+
+    /// The socket loop, generic over the socket so it is testable without TCP.
+    async fn run<S>(self, mut socket: S, cancel: &CancellationToken) -> Option<Ended>
+    where
+        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    {
+        let channel_id = self.channel.id.clone();
+        let clock = metrics().heartbeat_clock();
+        let mut last_frame = Instant::now();
+        let mut last_frame_wall = SystemTime::now();
+        let mut receiving_since: Option<(Instant, SystemTime)> = None;
+        // A reused channel keeps its subscriptions on the server; a new one
+        // is subscribed now, after its socket is open.
+        let mut subscribe = (!self.reused).then(|| {
+            let api = self.ctx.api.clone();
+            let id = channel_id.clone();
+            let topics = self.topics.clone();
+            Box::pin(async move { api.put_subscriptions(&id, &topics).await })
+        });
+        let mut subscribed: Option<(usize, Vec<(String, String)>)> =
+            self.reused.then(|| (self.topics.len(), Vec::new()));
+        let mut confirm_sent = false;
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + self.ctx.ping_interval,
+            self.ctx.ping_interval,
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let outcome: (Option<Reason>, String, SystemTime) = loop {
+            if subscribed.is_some() && !confirm_sent {
+                confirm_sent = true;
+                if let Err(e) = socket.send(Message::text(PING)).await {
+                    break (None, describe(&e), SystemTime::now());
+                }
+            }
+            let watchdog = last_frame + self.ctx.heartbeat_timeout;
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close()).await;
+                    events::socket_closed(self.shard, &channel_id, receiving_since.is_some());
+                    return None;
+                }
+                result = async { subscribe.as_mut().expect("guarded by the select condition").await },
+                        if subscribe.is_some() => {
+                    subscribe = None;
+                    match result {
+                        Ok(topics) => {
+                            let rejected: Vec<(String, String)> = topics
+                                .iter()
+                                .filter(|t| t.rejected())
+                                .map(|t| (t.id.clone(), t.rejection_reason.clone().unwrap_or_default()))
+                                .collect();
+                            let accepted = topics.len() - rejected.len();
+                            subscribed = Some((accepted, rejected));
+                        }
+                        Err(e) => {
+                            let _ = socket.close().await;
+                            return Some(Ended {
+                                reason: None,
+                                retry_after: e.retry_after(),
+                                detail: format!("subscribe: {e}"),
+                                since: SystemTime::now(),
+                                channel: Some(self.channel),
+                                up_for: Duration::ZERO,
+                            });
+                        }
+                    }
+                }
+                message = socket.next() => {
+                    last_frame = Instant::now();
+                    last_frame_wall = SystemTime::now();
+                    clock.touch();
+                    let text = match message {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Binary(data))) => {
+                            events::frame_invalid(&channel_id, "binary frame", data.len());
+                            continue;
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            let detail = frame.map(|f| format!("close {}: {}", u16::from(f.code), f.reason)).unwrap_or_else(|| "close".into());
+                            break (Some(Reason::ServerClose), detail, SystemTime::now());
+                        }
+                        Some(Ok(_)) => continue, // protocol ping/pong, raw frames
+                        Some(Err(WsError::Capacity(_))) => {
+                            events::frame_too_large(&channel_id);
+                            break (Some(Reason::SocketError), "frame too large".into(), SystemTime::now());
+                        }
+                        Some(Err(e)) => break (Some(Reason::SocketError), describe(&e), SystemTime::now()),
+                        None => break (Some(Reason::SocketError), "connection ended without a close frame".into(), SystemTime::now()),
+                    };
+                    match frame::classify(text.as_str()) {
+                        Frame::Notification(_) => {
+                            events::event_received();
+                            let notification = Notification {
+                                raw: Bytes::from(text),
+                                channel: channel_id.clone(),
+                                received_at: last_frame_wall,
+                            };
+                            if self.ctx.out.send(Inbound::Event(notification)).await.is_err() {
+                                // The pipeline is gone: the process is shutting down.
+                                return None;
+                            }
+                            // Waiting on a full pipeline is not silence on the socket.
+                            last_frame = Instant::now();
+                        }
+                        Frame::Pong | Frame::Heartbeat => {
+                            if receiving_since.is_none() && confirm_sent {
+                                if let Some((accepted, rejected)) = subscribed.take() {
+                                    receiving_since = Some((Instant::now(), SystemTime::now()));
+                                    events::socket_receiving(self.shard, &channel_id, self.reused);
+                                    let _ = self.events.send(SessionEvent::Receiving {
+                                        channel: self.channel.clone(),
+                                        reused: self.reused,
+                                        accepted,
+                                        rejected,
+                                    });
+                                }
+                            }
+                        }
+                        Frame::SocketClosing => {
+                            let _ = self.events.send(SessionEvent::Planned { reason: Reason::SocketClosing, detail: "socket_closing" });
+                        }
+                        Frame::NoLongerSubscribed { reason } => {
+                            let detail = if reason == Some("another_channel_subscribed") {
+                                "another_channel_subscribed"
+                            } else {
+                                "no_longer_subscribed"
+                            };
+                            let _ = self.events.send(SessionEvent::Planned { reason: Reason::ChannelGone, detail });
+                        }
+                        Frame::TokenRevoked => {
+                            let _ = self.events.send(SessionEvent::Planned { reason: Reason::TokenRefresh, detail: "token_revoked" });
+                        }
+                        Frame::ChannelGone => break (Some(Reason::ChannelGone), "channel not found (404)".into(), SystemTime::now()),
+                        Frame::Reply { .. } | Frame::Unknown => {}
+                        Frame::Invalid(why) => events::frame_invalid(&channel_id, why, text.len()),
+                    }
+                }
+                _ = ping.tick() => {
+                    if let Err(e) = socket.send(Message::text(PING)).await {
+                        break (Some(Reason::SocketError), describe(&e), SystemTime::now());
+                    }
+                }
+                () = tokio::time::sleep_until(watchdog) => {
+                    break (Some(Reason::HeartbeatTimeout), format!("no frame for {:?}", self.ctx.heartbeat_timeout), last_frame_wall);
+                }
+            }
+        };
+        let (reason, detail, since) = outcome;
+        events::socket_closed(self.shard, &channel_id, receiving_since.is_some());
+        // A socket that never confirmed receiving is a failed set-up, not a lost socket.
+        let reason = receiving_since.and(reason);
+        // A dead socket is dropped, not closed politely: that could hang.
+        drop(socket);
+        Some(Ended {
+            reason,
+            detail,
+            since,
+            channel: Some(self.channel),
+            retry_after: None,
+            up_for: receiving_since.map_or(Duration::ZERO, |(at, _)| at.elapsed()),
+        })
+    }
+}
+
+/// A socket error as text without the URL (which is a credential).
+fn describe(error: &WsError) -> String {
+    match error {
+        WsError::Http(response) => format!("HTTP {}", response.status()),
+        WsError::Url(_) => "invalid connectUri".into(),
+        WsError::Io(e) => format!("io: {}", e.kind()),
+        other => {
+            let text = other.to_string();
+            if text.contains("://") {
+                "websocket error".into()
+            } else {
+                text
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Typed Notification API calls and their errors. A 401 triggers one
+//! single-flight token refresh and one retry; everything else is returned as
+//! an [`ApiError`] the caller can branch on (429 with its Retry-After, 404,
+//! 5xx, ...). Error texts carry status codes and Genesys error codes, never a
+//! token, a secret or a `connectUri`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{Auth, AuthError, Token};
+use super::retry_after;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("no token: {0}")]
+    Auth(#[from] AuthError),
+    #[error("unauthorized even with a fresh token")]
+    Unauthorized,
+    #[error("rate-limited (HTTP 429)")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("forbidden ({code})")]
+    Forbidden { code: String },
+    #[error("not found")]
+    NotFound,
+    #[error("request refused (HTTP {status}: {code})")]
+    Refused { status: u16, code: String },
+    #[error("server error (HTTP {0})")]
+    Server(u16),
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("unexpected reply: {0}")]
+    Decode(String),
+}
+
+impl ApiError {
+    /// The least time to wait before calling again, where the server said so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::RateLimited { retry_after } => *retry_after,
+            ApiError::Auth(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// A channel's socket address. It is a credential: `Debug` hides it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectUri(String);
+
+impl ConnectUri {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ConnectUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnectUri(***)")
+    }
+}
+
+/// A notification channel.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub id: Arc<str>,
+    pub connect_uri: ConnectUri,
+    /// When Genesys will remove it unless subscribed again.
+    pub expires: Option<SystemTime>,
+    /// The token generation that created it: the channel dies with that token.
+    pub token_generation: u64,
+    /// When that token expires.
+    pub token_expires_at: tokio::time::Instant,
+}
+
+#[derive(Deserialize)]
+struct ChannelReply {
+    id: String,
+    #[serde(rename = "connectUri")]
+    connect_uri: ConnectUri,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+/// One topic of a subscription reply.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChannelTopic {
+    pub id: String,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(rename = "rejectionReason", default)]
+    pub rejection_reason: Option<String>,
+}
+
+impl ChannelTopic {
+    pub fn rejected(&self) -> bool {
+        self.state.as_deref() == Some("Rejected")
+    }
+}
+
+#[derive(Deserialize)]
+struct Entities<T> {
+    #[serde(default = "Vec::new")]
+    entities: Vec<T>,
+}
+
+#[derive(Serialize)]
+struct TopicId<'a> {
+    id: &'a str,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    code: String,
+}
+
+/// The Notification API of one org, through one token source.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: Arc<str>,
+    auth: Auth,
+}
+
+impl Api {
+    pub fn new(http: reqwest::Client, api_base_url: &str, auth: Auth) -> Self {
+        Self {
+            http,
+            base: api_base_url.trim_end_matches('/').into(),
+            auth,
+        }
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// `POST /api/v2/notifications/channels`.
+    pub async fn create_channel(&self) -> Result<Channel, ApiError> {
+        let url = format!("{}/api/v2/notifications/channels", self.base);
+        let (response, token) = self.send(|| self.http.request(Method::POST, &url)).await?;
+        let reply: ChannelReply = response
+            .json()
+            .await
+            .map_err(|e| ApiError::Decode(e.without_url().to_string()))?;
+        Ok(Channel {
+            id: reply.id.into(),
+            connect_uri: reply.connect_uri,
+            expires: reply.expires.as_deref().and_then(parse_time),
+            token_generation: token.generation,
+            token_expires_at: token.expires_at,
+        })
+    }
+
+    /// `HEAD /api/v2/notifications/channels/{id}`: whether it still exists.
+    pub async fn channel_exists(&self, id: &str) -> Result<bool, ApiError> {
+        let url = format!("{}/api/v2/notifications/channels/{id}", self.base);
+        match self.send(|| self.http.request(Method::HEAD, &url)).await {
+            Ok(_) => Ok(true),
+            Err(ApiError::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PUT .../subscriptions?ignoreErrors=true`: replaces the channel's topics;
+    /// topics Genesys refuses come back `Rejected` instead of failing the call.
+    pub async fn put_subscriptions(
+        &self,
+        channel: &str,
+        topics: &[String],
+    ) -> Result<Vec<ChannelTopic>, ApiError> {
+        let url = format!(
+            "{}/api/v2/notifications/channels/{channel}/subscriptions?ignoreErrors=true",
+            self.base
+        );
+        let body: Vec<TopicId<'_>> = topics.iter().map(|t| TopicId { id: t }).collect();
+        let (response, _) = self
+            .send(|| self.http.request(Method::PUT, &url).json(&body))
+            .await?;
+        let reply: Entities<ChannelTopic> = response
+            .json()
+            .await
+            .map_err(|e| ApiError::Decode(e.without_url().to_string()))?;
+        Ok(reply.entities)
+    }
+
+    /// `GET /api/v2/notifications/availabletopics`: the topic catalogue ids.
+    pub async fn available_topics(&self) -> Result<Vec<serde_json::Value>, ApiError> {
+        let url = format!(
+            "{}/api/v2/notifications/availabletopics?expand=description,requiresPermissions",
+            self.base
+        );
+        let (response, _) = self.send(|| self.http.request(Method::GET, &url)).await?;
+        let reply: Entities<serde_json::Value> = response
+            .json()
+            .await
+            .map_err(|e| ApiError::Decode(e.without_url().to_string()))?;
+        Ok(reply.entities)
+    }
+
+    /// Sends with a bearer token; on 401 refreshes once and retries once.
+    async fn send(
+        &self,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<(reqwest::Response, Arc<Token>), ApiError> {
+        let mut token = self.auth.token().await?;
+        let mut refreshed = false;
+        loop {
+            let response = build()
+                .header(reqwest::header::AUTHORIZATION, token.bearer())
+                .send()
+                .await
+                .map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok((response, token));
+            }
+            if status == StatusCode::UNAUTHORIZED && !refreshed {
+                refreshed = true;
+                token = self.auth.refresh(&token).await?;
+                continue;
+            }
+            let retry_after = retry_after(response.headers());
+            let code = response
+                .json::<ErrorBody>()
+                .await
+                .unwrap_or_default()
+                .code
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                .take(80)
+                .collect::<String>();
+            return Err(match status.as_u16() {
+                401 => ApiError::Unauthorized,
+                403 => ApiError::Forbidden { code },
+                404 => ApiError::NotFound,
+                429 => ApiError::RateLimited { retry_after },
+                s if s >= 500 => ApiError::Server(s),
+                s => ApiError::Refused { status: s, code },
+            });
+        }
+    }
+}
+
+fn parse_time(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(text.trim_end_matches('Z'))
+        .ok()
+        .or_else(|| humantime::parse_rfc3339(text).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_genesys_expiry_times() {
+        let t = parse_time("2026-11-28T10:00:00.000Z").expect("parses");
+        let d = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after epoch")
+            .as_secs();
+        assert_eq!(d, 1_795_860_000);
+        assert!(parse_time("2026-11-28T10:00:00Z").is_some());
+        assert!(parse_time("tomorrow").is_none());
+    }
+
+    #[test]
+    fn connect_uri_debug_is_masked() {
+        let uri: ConnectUri = serde_json::from_str("\"wss://x/channels/secret\"").expect("json");
+        assert!(!format!("{uri:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,207 @@
+//! Genesys topic names → the resource they are about. The resource id is the
+//! Kafka key, so every event of one user (or conversation, or queue) lands on
+//! one partition, in order. Rules follow the table in the API notes: user
+//! topics key by user, conversation topics by conversation (the same
+//! conversation reaches every agent's and queue's topic), queue topics by queue,
+//! and anything else by the first UUID in its name.
+
+use serde::Deserialize;
+
+/// What an event is about, taken from its topic name (and body where the
+/// topic names a user or queue but the event is about a conversation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource<'a> {
+    /// The Kafka key; `None` when the topic names no resource at all.
+    pub id: Option<&'a str>,
+    /// The queue a queue-conversation event came through (a header for consumers).
+    pub queue_id: Option<&'a str>,
+}
+
+/// Finds the resource of one notification.
+pub fn resource<'a>(topic: &'a str, body: &'a str) -> Resource<'a> {
+    let mut parts = topic.split('.');
+    let _v2 = parts.next();
+    let family = parts.next().unwrap_or_default();
+    let p2 = parts.next();
+    let p3 = parts.next();
+    let p4 = parts.next();
+    let none = Resource {
+        id: None,
+        queue_id: None,
+    };
+    match (family, p2, p3, p4) {
+        ("users", Some(user), Some(kind), _) if is_conversations(kind) => Resource {
+            id: body_id(body).or(Some(user)),
+            ..none
+        },
+        ("users", Some(user), Some(_), _) => Resource {
+            id: Some(user),
+            ..none
+        },
+        ("routing", Some("queues"), Some(queue), Some(kind)) if is_conversations(kind) => {
+            Resource {
+                id: body_id(body).or(Some(queue)),
+                queue_id: Some(queue),
+            }
+        }
+        ("routing", Some("queues"), Some(queue), Some(_)) => Resource {
+            id: Some(queue),
+            ..none
+        },
+        ("detail", Some("events"), Some("conversation"), Some(conversation)) => Resource {
+            id: Some(conversation),
+            ..none
+        },
+        ("analytics", Some("queues" | "conversation" | "users"), Some(id), Some(_)) => Resource {
+            id: Some(id),
+            ..none
+        },
+        _ => Resource {
+            id: topic.split('.').find(|s| is_uuid(s)),
+            ..none
+        },
+    }
+}
+
+/// `conversations`, or one of its sub-kinds (`calls`, `chats`, ...), which
+/// Genesys names as `conversations` or as their own segment.
+fn is_conversations(kind: &str) -> bool {
+    matches!(
+        kind,
+        "conversations"
+            | "calls"
+            | "callbacks"
+            | "chats"
+            | "emails"
+            | "messages"
+            | "socialexpressions"
+            | "videos"
+            | "cobrowsesessions"
+            | "screenshares"
+    )
+}
+
+#[derive(Deserialize)]
+struct BodyId<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a str>,
+}
+
+/// The `id` field of an event body, when it is a plain string.
+fn body_id(body: &str) -> Option<&str> {
+    serde_json::from_str::<BodyId<'_>>(body)
+        .ok()
+        .and_then(|b| b.id)
+        .filter(|id| !id.is_empty())
+}
+
+/// Whether a topic segment is a UUID in its canonical 8-4-4-4-12 hex form.
+pub fn is_uuid(segment: &str) -> bool {
+    let bytes = segment.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const U: &str = "7b8e4a6c-2f0d-4b8e-9d1a-0c3e5f7a9b1d";
+    const Q: &str = "1f2e3d4c-5b6a-4789-8abc-def012345678";
+    const C: &str = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d";
+
+    fn id(topic: &str, body: &str) -> Option<String> {
+        resource(topic, body).id.map(str::to_owned)
+    }
+
+    #[test]
+    fn keys_follow_the_table() {
+        let conv_body = format!(r#"{{"id":"{C}","participants":[]}}"#);
+        let cases = [
+            (format!("v2.users.{U}.presence"), "{}".to_owned(), U),
+            (
+                format!("v2.users.{U}.routingStatus"),
+                format!(r#"{{"id":"{U}"}}"#),
+                U,
+            ),
+            (format!("v2.users.{U}.activity"), "{}".to_owned(), U),
+            (format!("v2.users.{U}.conversations"), conv_body.clone(), C),
+            (
+                format!("v2.users.{U}.conversations.calls"),
+                conv_body.clone(),
+                C,
+            ),
+            (format!("v2.users.{U}.chats"), conv_body.clone(), C),
+            (
+                format!("v2.routing.queues.{Q}.conversations"),
+                conv_body.clone(),
+                C,
+            ),
+            (
+                format!("v2.routing.queues.{Q}.conversations.emails"),
+                conv_body.clone(),
+                C,
+            ),
+            (format!("v2.routing.queues.{Q}.users"), "{}".to_owned(), Q),
+            (
+                format!("v2.detail.events.conversation.{C}.acd.start"),
+                "{}".to_owned(),
+                C,
+            ),
+            (
+                format!("v2.analytics.queues.{Q}.observations"),
+                "{}".to_owned(),
+                Q,
+            ),
+            (
+                format!("v2.analytics.conversation.{C}.metrics"),
+                "{}".to_owned(),
+                C,
+            ),
+            (format!("v2.flows.{U}.outcomes"), "{}".to_owned(), U),
+        ];
+        for (topic, body, want) in cases {
+            assert_eq!(id(&topic, &body).as_deref(), Some(want), "{topic}");
+        }
+        assert_eq!(
+            resource(&format!("v2.routing.queues.{Q}.conversations"), &conv_body).queue_id,
+            Some(Q)
+        );
+    }
+
+    #[test]
+    fn conversation_topic_without_body_id_falls_back_to_topic_id() {
+        assert_eq!(
+            id(&format!("v2.users.{U}.conversations"), "[]").as_deref(),
+            Some(U)
+        );
+    }
+
+    #[test]
+    fn no_resource_means_no_key() {
+        assert_eq!(id("v2.system.thing", "{}"), None);
+    }
+
+    #[test]
+    fn uuid_check() {
+        assert!(is_uuid(U));
+        assert!(!is_uuid("presence"));
+        assert!(!is_uuid("7b8e4a6c-2f0d-4b8e-9d1a-0c3e5f7a9b1"));
+        assert!(!is_uuid("7b8e4a6cx2f0d-4b8e-9d1a-0c3e5f7a9b1d"));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(topic in ".{0,120}", body in ".{0,120}") {
+            let r = resource(&topic, &body);
+            if let Some(id) = r.id {
+                // The key is always a slice of the topic or of the body.
+                prop_assert!(topic.contains(id) || body.contains(id));
+            }
+        }
+    }
+}

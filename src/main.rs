@@ -1,0 +1,160 @@
+//! The command line: thin on purpose; everything lives in the library.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use genesys_kafka_bridge::{app, config, telemetry};
+
+/// Exit code for a configuration mistake (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Genesys Cloud notifications to Kafka, with no loss across reconnects."
+)]
+struct Cli {
+    /// TOML config file (keys also settable as GENESYS_BRIDGE_<SECTION>__<KEY>).
+    #[arg(long, short, env = "GENESYS_BRIDGE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge (the default).
+    Run,
+    /// Validate the configuration and print it, secrets masked.
+    CheckConfig,
+    /// List the notification topics the org offers (the API's catalogue).
+    Topics,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            let raw: config::FileConfig = config::figment(cli.config.as_deref())
+                .extract()
+                .expect("validated just above");
+            println!("# configuration is valid");
+            println!(
+                "# {} topics, {} Kafka topics",
+                settings.genesys.topics.len(),
+                app::kafka_topics(&settings).len()
+            );
+            match toml_string(&raw) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("error: {e}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Topics => runtime().block_on(topics(settings)),
+        Command::Run => runtime().block_on(run(settings)),
+    }
+}
+
+fn toml_string(raw: &config::FileConfig) -> Result<String, String> {
+    // The Secret wrapper serializes itself as "***".
+    toml::to_string_pretty(raw).map_err(|e| e.to_string())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}
+
+async fn run(settings: config::Settings) -> ExitCode {
+    telemetry::init_logging(settings.log_format);
+    let admin = match settings.admin_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "Cannot bind the admin server (admin.listen).");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => None,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    match app::run(settings, admin, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "Bridge failed.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn topics(settings: config::Settings) -> ExitCode {
+    telemetry::init_logging(settings.log_format);
+    let g = &settings.genesys;
+    let http = genesys_kafka_bridge::genesys::http_client();
+    let auth = genesys_kafka_bridge::genesys::auth::Auth::new(
+        http.clone(),
+        &g.login_base_url,
+        &g.client_id,
+        &g.client_secret,
+        &settings.reconnect,
+    );
+    let api = genesys_kafka_bridge::genesys::api::Api::new(http, &g.api_base_url, auth);
+    match api.available_topics().await {
+        Ok(topics) => {
+            for topic in topics {
+                let id = topic.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+                let description = topic
+                    .get("description")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
+                println!("{id}\t{description}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C starts the graceful shutdown.
+async fn signal_shutdown(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot listen for SIGTERM.");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("Signal received.");
+    shutdown.cancel();
+}

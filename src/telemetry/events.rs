@@ -1,0 +1,168 @@
+//! One function per happening: each writes the structured log line and
+//! updates its metrics, so a dashboard and a log search always tell the same
+//! story. Fields are ids and fixed words, never secrets or `connectUri`s.
+
+use std::time::{Duration, SystemTime};
+
+use tracing::{debug, error, info, warn};
+
+use super::metrics;
+use crate::event::{Gap, Reason};
+use crate::genesys::api::ApiError;
+use crate::genesys::auth::AuthError;
+
+pub fn token_obtained(expires_in_secs: u64) {
+    metrics().token_refreshes.with_label_values(&["ok"]).inc();
+    info!(expires_in_secs, "Obtained an access token.");
+}
+
+/// `say` is true for the first rejection in a row: the operator needs to be
+/// told once, not every minute.
+pub fn credentials_rejected(error: &AuthError, say: bool) {
+    metrics()
+        .token_refreshes
+        .with_label_values(&["rejected"])
+        .inc();
+    if say {
+        error!(
+            error = %error,
+            "Genesys rejected the client credentials. Check genesys.client_id and the secret; \
+             retrying only at the reconnect.max_delay pace."
+        );
+    } else {
+        debug!(error = %error, "Credentials still rejected.");
+    }
+}
+
+pub fn token_request_failed(error: &AuthError) {
+    metrics()
+        .token_refreshes
+        .with_label_values(&["error"])
+        .inc();
+    warn!(error = %error, "Token request failed; will retry.");
+}
+
+pub fn socket_receiving(shard: usize, channel: &str, reused: bool) {
+    metrics().channels_connected.inc();
+    info!(shard, channel, reused, "Socket receiving.");
+}
+
+pub fn socket_closed(shard: usize, channel: &str, was_receiving: bool) {
+    if was_receiving {
+        metrics().channels_connected.dec();
+    }
+    debug!(shard, channel, "Socket closed.");
+}
+
+pub fn reconnect(shard: usize, channel: &str, reason: Reason, detail: &str) {
+    metrics()
+        .reconnects
+        .with_label_values(&[reason.as_str()])
+        .inc();
+    if reason.is_planned() {
+        info!(shard, channel, reason = %reason, detail, "Moving to a new channel (make-before-break).");
+    } else {
+        warn!(shard, channel, reason = %reason, detail, "Socket lost; reconnecting.");
+    }
+}
+
+pub fn establish_failed(shard: usize, error: &ApiError, retry_in: Duration) {
+    warn!(shard, error = %error, retry_in_ms = retry_in.as_millis() as u64, "Could not set up a channel; retrying.");
+}
+
+pub fn connect_failed(shard: usize, channel: &str, error: &str, retry_in: Duration) {
+    warn!(
+        shard,
+        channel,
+        error,
+        retry_in_ms = retry_in.as_millis() as u64,
+        "Socket connect failed; retrying."
+    );
+}
+
+pub fn frame_invalid(channel: &str, why: &str, len: usize) {
+    metrics().frames_invalid.inc();
+    warn!(channel, why, len, "Skipped a frame the bridge cannot read.");
+}
+
+pub fn frame_too_large(channel: &str) {
+    metrics().frames_invalid.inc();
+    warn!(
+        channel,
+        "Frame above genesys.max_frame_bytes; recycling the socket."
+    );
+}
+
+pub fn topics_subscribed(shard: usize, accepted: usize, rejected: &[(String, String)]) {
+    for (topic, reason) in rejected {
+        warn!(
+            shard,
+            topic, reason, "Genesys rejected a topic; it is not bridged."
+        );
+    }
+    info!(shard, accepted, rejected = rejected.len(), "Subscribed.");
+}
+
+pub fn all_topics_rejected(shard: usize) {
+    error!(
+        shard,
+        "Genesys rejected every topic of this shard; it cannot receive anything. Not ready."
+    );
+}
+
+pub fn single_holder_detected(shard: usize) {
+    error!(
+        shard,
+        "Genesys moved this shard's topics to our other channel: the server keeps one holder per \
+         topic, so redundancy = 2 cannot work here. Keeping one channel per shard."
+    );
+}
+
+pub fn gap_opened(shard: usize, reason: Reason, since: SystemTime) {
+    let ago_ms = SystemTime::now()
+        .duration_since(since)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    warn!(shard, reason = %reason, ago_ms, "Gap opened: no socket receiving this shard's topics.");
+}
+
+pub fn gap_closed(shard: usize, gap: &Gap) {
+    let seconds = gap
+        .ended_at
+        .duration_since(gap.started_at)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let kind = if gap.reason.is_planned() {
+        "planned"
+    } else {
+        "unplanned"
+    };
+    metrics().gaps.with_label_values(&[kind]).inc();
+    metrics().gap_seconds.observe(seconds);
+    warn!(shard, reason = %gap.reason, seconds, topics = gap.topics.len(), "Gap closed; events published meanwhile are lost.");
+}
+
+pub fn event_received() {
+    metrics().events_received.inc();
+}
+
+pub fn duplicate_dropped() {
+    metrics().events_duplicate.inc();
+}
+
+pub fn published(n: u64, latency: Option<Duration>) {
+    metrics().events_published.inc_by(n);
+    if let Some(latency) = latency {
+        metrics().publish_latency.observe(latency.as_secs_f64());
+    }
+}
+
+pub fn dropped(reason: &'static str, topic: &str) {
+    metrics().events_dropped.with_label_values(&[reason]).inc();
+    warn!(reason, topic, "Dropped an event.");
+}
+
+pub fn delivery_error(topic: &str, error: &str) {
+    metrics().kafka_delivery_errors.inc();
+    warn!(topic, error, "Kafka delivery failed; retrying the event.");
+}
