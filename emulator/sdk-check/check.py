@@ -1,0 +1,380 @@
+#!/usr/bin/env python3
+"""Fidelity check of the Genesys emulator against Genesys' official Python SDK
+(purecloudplatformclientv2).
+
+Usage: check.py BASE_URL   (an emulator started with --exclusive-subscriptions)
+
+It logs in with client credentials, drives the notification API through the
+SDK (channels, subscriptions, availabletopics), then checks sample event
+bodies and real socket frames against the SDK models. The SDK's own
+deserializer is lenient (unknown fields are dropped, bad enum values become
+"outdated_sdk_version"), so every reply is also checked strictly: each JSON
+field must be a field of the model, with the model's type, recursively, and
+no enum may fall back to "outdated_sdk_version". Any failure makes the exit
+status non-zero.
+"""
+
+import json
+import sys
+import time
+import urllib.request
+
+import PureCloudPlatformClientV2 as gc
+from PureCloudPlatformClientV2.rest import ApiException
+from dateutil import parser as dateparser
+import websocket  # websocket-client
+
+CLIENT_ID = "emulator-client"
+CLIENT_SECRET = "emulator-secret"
+
+# Topic template -> SDK model of its eventBody. Written from the SDK's
+# documentation, not taken from the emulator.
+BODY_MODELS = {
+    "v2.users.{id}.presence": "PresenceEventUserPresence",
+    "v2.users.{id}.routingStatus": "UserRoutingStatusUserRoutingStatus",
+    "v2.users.{id}.activity": "AgentActivityChangedTopicAgentActivity",
+    "v2.users.{id}.conversations": "ConversationEventTopicConversation",
+    "v2.users.{id}.conversations.calls": "ConversationEventTopicConversation",
+    "v2.users.{id}.conversations.callbacks": "ConversationEventTopicConversation",
+    "v2.users.{id}.conversations.chats": "ConversationEventTopicConversation",
+    "v2.users.{id}.conversations.emails": "ConversationEventTopicConversation",
+    "v2.users.{id}.conversations.messages": "ConversationEventTopicConversation",
+    "v2.routing.queues.{id}.conversations": "QueueConversationEventTopicConversation",
+    "v2.routing.queues.{id}.conversations.calls": "QueueConversationEventTopicConversation",
+    "v2.routing.queues.{id}.conversations.callbacks": "QueueConversationEventTopicConversation",
+    "v2.routing.queues.{id}.conversations.chats": "QueueConversationEventTopicConversation",
+    "v2.routing.queues.{id}.conversations.emails": "QueueConversationEventTopicConversation",
+    "v2.routing.queues.{id}.conversations.messages": "QueueConversationEventTopicConversation",
+    "v2.routing.queues.{id}.users": "QueueUserEventTopicQueueMember",
+    "v2.detail.events.conversation.{id}.acd.start": "AcdStartDetailEventTopicAcdStartEvent",
+    "v2.detail.events.conversation.{id}.acd.end": "AcdEndDetailEventTopicAcdEndEvent",
+    "v2.detail.events.conversation.{id}.acw": "AcwDetailEventTopicAfterCallWorkEvent",
+    "v2.detail.events.conversation.{id}.attributes": "AttributeDetailEventTopicAttributeUpdateEvent",
+    "v2.detail.events.conversation.{id}.customer.start": "CustomerStartDetailEventTopicCustomerStartEvent",
+    "v2.detail.events.conversation.{id}.customer.end": "CustomerEndDetailEventTopicCustomerEndEvent",
+    "v2.detail.events.conversation.{id}.flow.start": "FlowStartDetailEventTopicFlowStartEvent",
+    "v2.detail.events.conversation.{id}.flow.end": "FlowEndDetailEventTopicFlowEndEvent",
+    "v2.detail.events.conversation.{id}.outbound": "OutboundDetailEventTopicOutboundInitEvent",
+    "v2.detail.events.conversation.{id}.user.start": "UserStartDetailEventTopicUserStartEvent",
+    "v2.detail.events.conversation.{id}.user.end": "UserEndDetailEventTopicUserEndEvent",
+    "v2.detail.events.conversation.{id}.voicemail.start": "VoicemailStartDetailEventTopicVoicemailStartEvent",
+    "v2.detail.events.conversation.{id}.voicemail.end": "VoicemailEndDetailEventTopicVoicemailEndEvent",
+    "v2.analytics.queues.{id}.observations": "QueueObservationDataContainer",
+    "v2.analytics.conversation.{id}.metrics": "ConversationMetricsTopicConversationMetricRecord",
+}
+
+# Fields each body must have (beyond "known to the model"): the ones a
+# consumer keys or orders on.
+REQUIRED = {
+    "PresenceEventUserPresence": ["presenceDefinition", "modifiedDate"],
+    "UserRoutingStatusUserRoutingStatus": ["id", "routingStatus"],
+    "AgentActivityChangedTopicAgentActivity": ["id", "routingStatus", "presence"],
+    "ConversationEventTopicConversation": ["id", "participants"],
+    "QueueConversationEventTopicConversation": ["id", "participants"],
+    "QueueUserEventTopicQueueMember": ["id", "queueId", "joined"],
+    "QueueObservationDataContainer": ["group", "data"],
+    "ConversationMetricsTopicConversationMetricRecord": ["conversationId", "metric", "metricDate"],
+    "Channel": ["id", "connectUri", "expires"],
+    "ChannelTopic": ["id", "state"],
+    "ErrorBody": ["message", "code", "status"],
+    "SystemMessageSystemMessage": ["channelId", "message"],
+}
+for _m in BODY_MODELS.values():
+    if "DetailEventTopic" in _m:
+        REQUIRED[_m] = ["eventTime", "conversationId"]
+
+failures = []
+passes = 0
+
+
+def ok(cond, what):
+    global passes
+    if cond:
+        passes += 1
+    else:
+        failures.append(what)
+        print(f"FAIL: {what}", flush=True)
+
+
+def model_class(name):
+    return getattr(gc, name)
+
+
+def check_type(typ, value, path):
+    """Strictly checks one JSON value against an SDK swagger type."""
+    if value is None:
+        return
+    if typ.startswith("list["):
+        if not isinstance(value, list):
+            ok(False, f"{path}: expected a list for {typ}, got {type(value).__name__}")
+            return
+        inner = typ[5:-1]
+        for i, v in enumerate(value):
+            check_type(inner, v, f"{path}[{i}]")
+        return
+    if typ.startswith("dict("):
+        if not isinstance(value, dict):
+            ok(False, f"{path}: expected an object for {typ}")
+            return
+        inner = typ[len("dict(str, "):-1]
+        for k, v in value.items():
+            check_type(inner, v, f"{path}.{k}")
+        return
+    if typ == "str":
+        ok(isinstance(value, str), f"{path}: expected a string, got {value!r}")
+    elif typ == "int":
+        ok(isinstance(value, int) and not isinstance(value, bool), f"{path}: expected an integer, got {value!r}")
+    elif typ == "float":
+        ok(isinstance(value, (int, float)) and not isinstance(value, bool), f"{path}: expected a number, got {value!r}")
+    elif typ == "bool":
+        ok(isinstance(value, bool), f"{path}: expected a boolean, got {value!r}")
+    elif typ in ("datetime", "date"):
+        try:
+            dateparser.isoparse(value)
+            ok(True, path)
+        except (TypeError, ValueError):
+            ok(False, f"{path}: expected an ISO-8601 {typ}, got {value!r}")
+    elif typ == "object":
+        ok(True, path)
+    else:
+        strict(typ, value, path)
+
+
+def strict(model, data, path):
+    """Every field of `data` must be a field of `model`, typed as the model says."""
+    if not isinstance(data, dict):
+        ok(False, f"{path}: expected an object for {model}, got {type(data).__name__}")
+        return
+    inst = model_class(model)()
+    by_json = {j: attr for attr, j in inst.attribute_map.items()}
+    for key, value in data.items():
+        if key not in by_json:
+            ok(False, f"{path}.{key}: not a field of {model}")
+            continue
+        check_type(inst.swagger_types[by_json[key]], value, f"{path}.{key}")
+    for key in REQUIRED.get(model, []):
+        ok(data.get(key) is not None, f"{path}: {model} lacks {key}")
+
+
+class _Resp:
+    """Just enough of a urllib3 response for ApiClient.deserialize."""
+
+    def __init__(self, data):
+        self.data = json.dumps(data)
+
+    def getheader(self, _name):
+        return "application/json"
+
+
+def find_outdated(obj, path):
+    """SDK enum setters replace unknown values with 'outdated_sdk_version'."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            find_outdated(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            find_outdated(v, f"{path}[{i}]")
+    elif obj == "outdated_sdk_version":
+        ok(False, f"{path}: value not in the SDK's enum")
+
+
+def sdk_deserialize(client, model, data, path):
+    """Deserializes through the SDK, then checks strictly."""
+    try:
+        obj = client.deserialize(_Resp(data), model)
+    except Exception as e:  # the SDK raises several kinds
+        ok(False, f"{path}: the SDK cannot deserialize {model}: {e}")
+        return None
+    ok(obj is not None, f"{path}: deserialized to None")
+    if obj is not None:
+        find_outdated(obj.to_dict(), path)
+    strict(model, data, path)
+    return obj
+
+
+def control(base, method, path, body=None):
+    req = urllib.request.Request(f"{base}/_emulator{path}", method=method)
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, data=data, timeout=10) as r:
+        raw = r.read()
+        return json.loads(raw) if raw else None
+
+
+def channel_topic(topic_id):
+    t = gc.ChannelTopic()
+    t.id = topic_id
+    return t
+
+
+def last_json(client):
+    return json.loads(client.last_response.data)
+
+
+def main():
+    base = sys.argv[1].rstrip("/")
+    ids = control(base, "GET", "/ids")
+    user, queue = ids["userIds"][0], ids["queueIds"][0]
+
+    # ---- OAuth -----------------------------------------------------------
+    bad = gc.api_client.ApiClient(host=base)
+    try:
+        bad.get_client_credentials_token(CLIENT_ID, "wrong-secret")
+        ok(False, "login with a wrong secret must fail")
+    except ApiException as e:
+        ok(e.status == 401, f"wrong secret: status {e.status}")
+        ok(json.loads(e.body).get("error") == "invalid_client", "wrong secret: error invalid_client")
+
+    client = gc.api_client.ApiClient(host=base).get_client_credentials_token(CLIENT_ID, CLIENT_SECRET)
+    ok(bool(client.access_token), "client-credentials login gives a token")
+    api = gc.NotificationsApi(client)
+
+    # ---- channels ----------------------------------------------------------
+    ch = api.post_notifications_channels()
+    sdk_deserialize(client, "Channel", last_json(client), "POST channels")
+    ok(ch.id.startswith("streaming-0-"), f"channel id {ch.id}")
+    ok(ch.connect_uri.endswith("/channels/" + ch.id), "connectUri ends with the id")
+    ok(ch.connect_uri.startswith("ws://"), "connectUri is a ws:// URL")
+    ok(ch.expires is not None and ch.expires.year >= 2024, "expires is a date")
+
+    api.head_notifications_channel(ch.id)
+    ok(client.last_response.status == 200, "HEAD live channel is 200")
+    try:
+        api.head_notifications_channel("streaming-0-doesnotexist")
+        ok(False, "HEAD unknown channel must fail")
+    except ApiException as e:
+        ok(e.status == 404, f"HEAD unknown channel: {e.status}")
+
+    listing = api.get_notifications_channels(includechannels="token")
+    sdk_deserialize(client, "ChannelEntityListing", last_json(client), "GET channels token")
+    ok(any(c.id == ch.id for c in listing.entities), "GET channels lists the new channel")
+    api.get_notifications_channels(includechannels="oauthclient")
+    sdk_deserialize(client, "ChannelEntityListing", last_json(client), "GET channels oauthclient")
+
+    # ---- subscriptions -------------------------------------------------------
+    presence = f"v2.users.{user}.presence"
+    routing = f"v2.users.{user}.routingStatus"
+    qconv = f"v2.routing.queues.{queue}.conversations"
+    topics = [channel_topic(t) for t in (presence, routing)]
+    res = api.put_notifications_channel_subscriptions(ch.id, topics)
+    sdk_deserialize(client, "ChannelTopicEntityListing", last_json(client), "PUT subscriptions")
+    ok([t.id for t in res.entities] == [presence, routing], "PUT lists both topics")
+    ok(all(t.state == "Permitted" for t in res.entities), "PUT topics are Permitted")
+
+    res = api.post_notifications_channel_subscriptions(ch.id, [channel_topic(qconv)])
+    sdk_deserialize(client, "ChannelTopicEntityListing", last_json(client), "POST subscriptions")
+    ok(len(res.entities) == 3, "POST adds a topic")
+
+    forbidden = "v2.users.forbidden-1.presence"
+    res = api.post_notifications_channel_subscriptions(
+        ch.id, [channel_topic(forbidden)], ignore_errors=True
+    )
+    sdk_deserialize(client, "ChannelTopicEntityListing", last_json(client), "POST ignoreErrors")
+    rejected = [t for t in res.entities if t.id == forbidden]
+    ok(len(rejected) == 1 and rejected[0].state == "Rejected", "forbidden topic is Rejected with ignoreErrors")
+    ok(bool(rejected and rejected[0].rejection_reason), "Rejected topic has a rejectionReason")
+    try:
+        api.post_notifications_channel_subscriptions(ch.id, [channel_topic(forbidden)])
+        ok(False, "forbidden topic without ignoreErrors must fail")
+    except ApiException as e:
+        ok(e.status == 403, f"forbidden topic: status {e.status}")
+        body = json.loads(e.body)
+        sdk_deserialize(client, "ErrorBody", body, "403 ErrorBody")
+        ok(body.get("code") == "notification.unauthorized.topic", "403 code")
+
+    res = api.get_notifications_channel_subscriptions(ch.id)
+    sdk_deserialize(client, "ChannelTopicEntityListing", last_json(client), "GET subscriptions")
+    ok(len(res.entities) == 3, "GET subscriptions lists 3 topics")
+
+    # ---- catalogue -------------------------------------------------------------
+    expand = ["description", "schema", "transports", "topicParameters", "requiresPermissions"]
+    cat = api.get_notifications_availabletopics(expand=expand)
+    sdk_deserialize(client, "AvailableTopicEntityListing", last_json(client), "availabletopics")
+    cat_ids = {t.id for t in cat.entities}
+    for template in BODY_MODELS:
+        ok(template in cat_ids, f"catalogue has {template}")
+    pres = next((t for t in cat.entities if t.id == "v2.users.{id}.presence"), None)
+    ok(pres is not None and pres.description and pres.transports and pres.topic_parameters == ["id"],
+       "expanded presence entry has description, transports, topicParameters")
+    ok(pres is not None and isinstance(pres.schema, dict), "expanded entry has a schema")
+
+    # ---- sample bodies (control endpoint) ------------------------------------------
+    def topic_for(template):
+        if template.startswith("v2.users."):
+            return template.replace("{id}", user)
+        if "queues." in template:
+            return template.replace("{id}", queue)
+        return template.replace("{id}", "c0ffee00-0000-4000-8000-000000000001")
+
+    for _ in range(3):  # bodies are random: look at a few of each
+        for template, model in BODY_MODELS.items():
+            topic = topic_for(template)
+            body = control(base, "GET", f"/sample-body?topic={urllib.request.quote(topic)}")["body"]
+            sdk_deserialize(client, model, body, f"sample {template}")
+
+    # ---- real socket frames ------------------------------------------------------------
+    ws = websocket.create_connection(ch.connect_uri, timeout=10)
+    ws.send(json.dumps({"message": "ping"}))
+    frames = []
+
+    def recv_until(pred, what, limit=15.0):
+        deadline = time.time() + limit
+        while time.time() < deadline:
+            try:
+                f = json.loads(ws.recv())
+            except websocket.WebSocketTimeoutException:
+                break
+            frames.append(f)
+            if pred(f):
+                return f
+        ok(False, f"socket: no {what}")
+        return None
+
+    recv_until(lambda f: f.get("eventBody", {}).get("message") == "pong", "pong")
+    recv_until(lambda f: f.get("eventBody", {}).get("message") == "WebSocket Heartbeat", "heartbeat")
+
+    sock_topics = [topic_for(t) for t in BODY_MODELS]
+    api.put_notifications_channel_subscriptions(ch.id, [channel_topic(t) for t in sock_topics])
+    seqs = {}
+    for t in sock_topics:
+        seqs[control(base, "POST", "/publish", {"topic": t})["seq"]] = t
+    got = 0
+    while got < len(seqs):
+        f = recv_until(lambda f: f.get("topicName") in sock_topics, "event frames")
+        if f is None:
+            break
+        got += 1
+        body = dict(f["eventBody"])
+        seq = body.pop("emulatorSequence", None)
+        ok(seqs.get(seq) == f["topicName"], f"frame {f['topicName']}: emulatorSequence {seq}")
+        ok(f.get("version") == "2", "frame version is 2")
+        ok(isinstance(f.get("metadata", {}).get("CorrelationId"), str), "frame has metadata.CorrelationId")
+        template = next(tpl for tpl in BODY_MODELS if topic_for(tpl) == f["topicName"])
+        sdk_deserialize(client, BODY_MODELS[template], body, f"socket {template}")
+
+    # System messages: a topic moved to a newer channel, then socket_closing.
+    ch2 = api.post_notifications_channels()
+    api.put_notifications_channel_subscriptions(ch2.id, [channel_topic(presence)])
+    f = recv_until(lambda f: f.get("topicName", "").startswith("v2.system.no_longer_subscribed."),
+                   "no_longer_subscribed")
+    if f:
+        sdk_deserialize(client, "SystemMessageSystemMessage", f["eventBody"], "no_longer_subscribed")
+        ok(f["eventBody"].get("reason") == "another_channel_subscribed", "no_longer_subscribed reason")
+    control(base, "POST", "/faults/socket-closing", {"channel": ch.id, "graceMs": 500})
+    f = recv_until(lambda f: f.get("topicName") == "v2.system.socket_closing", "socket_closing")
+    if f:
+        sdk_deserialize(client, "SystemMessageSystemMessage", f["eventBody"], "socket_closing")
+    ws.close()
+
+    api.delete_notifications_channel_subscriptions(ch.id)
+    res = api.get_notifications_channel_subscriptions(ch.id)
+    ok(len(res.entities) == 0, "DELETE removes all subscriptions")
+
+    print(f"{passes} passed, {len(failures)} failed", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+//! The event generator: publishes generated bodies at the configured rate,
+//! on the configured topics or on every topic subscribed at that moment.
+//!
+//! It works in ticks (at most every 2 ms) and publishes what the clock says
+//! is due, building the frames outside the state lock and publishing a whole
+//! tick's batch under one lock, so tens of thousands of events per second
+//! stay cheap. A backlog larger than one second is dropped rather than
+//! burst out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::seq::IndexedRandom;
+use tokio::sync::watch;
+use tokio::time::{interval, Instant, MissedTickBehavior};
+
+use crate::bodies::{self, Pools};
+use crate::state::{lock, Prepared, Shared};
+use crate::topics::expand;
+
+/// Shortest tick: fine enough for smooth rates, coarse enough to batch.
+const MIN_TICK: Duration = Duration::from_millis(2);
+/// Longest tick, so that a rate change is noticed quickly.
+const MAX_TICK: Duration = Duration::from_millis(100);
+/// Events built and published between two yields.
+const CHUNK: usize = 256;
+
+pub(crate) async fn run(shared: Arc<Shared>, mut rate_rx: watch::Receiver<f64>) {
+    let fixed: Vec<Arc<str>> = shared
+        .config
+        .generator_topics
+        .iter()
+        .flat_map(|t| expand(t).unwrap_or_default())
+        .map(|t| Arc::from(t.as_str()))
+        .collect();
+    let mut cache_version = u64::MAX;
+    let mut subscribed: Vec<Arc<str>> = Vec::new();
+    loop {
+        // Read together with the epoch: `set_rate` changes both under the
+        // state lock, so a batch can be tied to the rate it was built for.
+        let (rate, epoch) = {
+            let st = lock(&shared.state);
+            (*rate_rx.borrow_and_update(), st.rate_epoch)
+        };
+        if rate <= 0.0 {
+            tokio::select! {
+                _ = shared.cancel.cancelled() => return,
+                changed = rate_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        tracing::info!(rate, "Generator running.");
+        let tick = Duration::from_secs_f64(1.0 / rate).clamp(MIN_TICK, MAX_TICK);
+        let mut ticker = interval(tick);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let start = Instant::now();
+        let mut emitted: u64 = 0;
+        let cap = (rate.ceil() as u64).max(1);
+        loop {
+            tokio::select! {
+                _ = shared.cancel.cancelled() => return,
+                changed = rate_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                _ = ticker.tick() => {}
+            }
+            let due = (start.elapsed().as_secs_f64() * rate) as u64;
+            let mut n = due.saturating_sub(emitted);
+            if n > cap {
+                emitted = due - cap;
+                n = cap;
+            }
+            if n == 0 {
+                continue;
+            }
+            emitted += n;
+            let topics: &[Arc<str>] = if fixed.is_empty() {
+                let st = lock(&shared.state);
+                if st.sub_version != cache_version {
+                    cache_version = st.sub_version;
+                    subscribed = st.subscribed_topics();
+                    subscribed.sort_unstable();
+                }
+                &subscribed
+            } else {
+                &fixed
+            };
+            if topics.is_empty() {
+                continue;
+            }
+            // Build and publish in chunks, yielding between them, so a big
+            // tick never holds a runtime thread (sockets are served by the
+            // same threads).
+            let mut left = n as usize;
+            while left > 0 {
+                let k = left.min(CHUNK);
+                left -= k;
+                let frames = build(&shared, topics, k);
+                if shared.publish_prepared(frames, Some(epoch)).is_empty() {
+                    break; // the rate changed meanwhile
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+fn build(shared: &Shared, topics: &[Arc<str>], n: usize) -> Vec<Prepared> {
+    let c = &shared.config;
+    let pools = Pools {
+        org_id: &c.org_id,
+        user_ids: &c.user_ids,
+        queue_ids: &c.queue_ids,
+    };
+    let mut rng = rand::rng();
+    (0..n)
+        .filter_map(|_| {
+            let topic = topics.choose(&mut rng)?;
+            let body = bodies::for_topic(&mut rng, &pools, topic);
+            Some(Prepared::new(topic, &body.to_string()))
+        })
+        .collect()
+}
