@@ -13,9 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, SinkKind};
-use crate::connection::session::SessionContext;
-use crate::connection::supervisor;
-use crate::genesys::{self, api::Api, auth::Auth};
+use crate::connection;
 use crate::pipeline::{self, dedup::Dedup, route};
 use crate::sink::{kafka, stdout};
 use crate::telemetry::metrics;
@@ -94,30 +92,12 @@ pub async fn run(
         ),
     ));
 
+    let supervisor = tokio::spawn({
+        let settings = settings.clone();
+        let shutdown = shutdown.clone();
+        async move { connection::run(&settings, inbound_tx, shutdown).await }
+    });
     let g = &settings.genesys;
-    let http = genesys::http_client();
-    let auth = Auth::new(
-        http.clone(),
-        &g.login_base_url,
-        &g.client_id,
-        &g.client_secret,
-        &settings.reconnect,
-    );
-    tokio::spawn(auth.clone().run_refresher(background.clone()));
-    let ctx = SessionContext {
-        api: Api::new(http, &g.api_base_url, auth),
-        out: inbound_tx,
-        ping_interval: g.ping_interval,
-        heartbeat_timeout: g.heartbeat_timeout,
-        max_frame_bytes: g.max_frame_bytes,
-    };
-    let supervisor = tokio::spawn(supervisor::run(
-        ctx,
-        settings.genesys.topics.clone(),
-        g.redundancy,
-        settings.reconnect.clone(),
-        shutdown.clone(),
-    ));
     tracing::info!(
         topics = g.topics.len(),
         redundancy = g.redundancy,

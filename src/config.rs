@@ -55,7 +55,7 @@ impl Serialize for Secret {
 }
 
 /// The file format, one struct per `[section]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub genesys: GenesysSection,
@@ -273,11 +273,17 @@ pub enum LogFormat {
     Pretty,
 }
 
-impl FileConfig {
-    fn defaults() -> Self {
+impl Default for FileConfig {
+    fn default() -> Self {
         Self {
+            genesys: GenesysSection::default(),
+            reconnect: ReconnectSection::default(),
+            kafka: KafkaSection::default(),
+            dedup: DedupSection::default(),
+            pipeline: PipelineSection::default(),
+            admin: AdminSection::default(),
+            log: LogSection::default(),
             shutdown_grace: Duration::from_secs(20),
-            ..Self::default()
         }
     }
 }
@@ -329,7 +335,7 @@ pub struct GenesysSettings {
 
 /// Reads defaults < `file` (if given) < environment.
 pub fn figment(file: Option<&Path>) -> Figment {
-    let mut figment = Figment::from(Serialized::defaults(FileConfig::defaults()));
+    let mut figment = Figment::from(Serialized::defaults(FileConfig::default()));
     if let Some(file) = file {
         figment = figment.merge(Toml::file_exact(file));
     }
@@ -671,6 +677,8 @@ fn is_kafka_name(name: &str) -> bool {
 }
 
 #[cfg(test)]
+// figment::Jail's closures return figment::Error, which is large by design.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

@@ -18,6 +18,8 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod connection;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod event;
 pub mod genesys;
 pub mod pipeline;

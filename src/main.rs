@@ -34,10 +34,43 @@ enum Command {
     CheckConfig,
     /// List the notification topics the org offers (the API's catalogue).
     Topics,
+    /// Run the bridge against an embedded Genesys emulator (no credentials
+    /// needed), injecting a socket_closing, an abrupt drop and a token
+    /// expiry, and print what was lost (nothing, we hope).
+    #[cfg(feature = "demo")]
+    Demo {
+        /// Publish to this Kafka instead of printing NDJSON to stdout.
+        #[arg(long)]
+        kafka_brokers: Option<String>,
+        /// How long to stream events.
+        #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Events per second the emulator generates.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// How many topics to subscribe.
+        #[arg(long, default_value_t = 40)]
+        topics: usize,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "demo")]
+    if let Some(Command::Demo {
+        kafka_brokers,
+        duration,
+        rate,
+        topics,
+    }) = cli.command
+    {
+        return runtime().block_on(demo(genesys_kafka_bridge::demo::DemoOptions {
+            kafka_brokers,
+            duration,
+            rate,
+            topics,
+        }));
+    }
     let settings = match config::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
@@ -64,6 +97,8 @@ fn main() -> ExitCode {
         }
         Command::Topics => runtime().block_on(topics(settings)),
         Command::Run => runtime().block_on(run(settings)),
+        #[cfg(feature = "demo")]
+        Command::Demo { .. } => unreachable!("handled before the config is read"),
     }
 }
 
@@ -80,7 +115,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn run(settings: config::Settings) -> ExitCode {
-    telemetry::init_logging(settings.log_format);
+    telemetry::init_logging(settings.log_format, "info");
     let admin = match settings.admin_listen {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => Some(listener),
@@ -102,8 +137,22 @@ async fn run(settings: config::Settings) -> ExitCode {
     }
 }
 
+#[cfg(feature = "demo")]
+async fn demo(options: genesys_kafka_bridge::demo::DemoOptions) -> ExitCode {
+    // Quiet logs: the demo's own status lines tell the story.
+    telemetry::init_logging(config::LogFormat::Pretty, "warn");
+    match genesys_kafka_bridge::demo::run(options).await {
+        Ok(summary) if summary.lost == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn topics(settings: config::Settings) -> ExitCode {
-    telemetry::init_logging(settings.log_format);
+    telemetry::init_logging(settings.log_format, "info");
     let g = &settings.genesys;
     let http = genesys_kafka_bridge::genesys::http_client();
     let auth = genesys_kafka_bridge::genesys::auth::Auth::new(

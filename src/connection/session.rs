@@ -23,6 +23,8 @@ use crate::telemetry::{events, metrics};
 
 const PING: &str = r#"{"message":"ping"}"#;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a closing socket may take to deliver what the server already sent.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a session gets its channel.
 #[derive(Debug, Clone)]
@@ -216,7 +218,7 @@ impl Session<'_> {
             let watchdog = last_frame + self.ctx.heartbeat_timeout;
             tokio::select! {
                 () = cancel.cancelled() => {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close()).await;
+                    self.close_and_drain(&mut socket).await;
                     events::socket_closed(self.shard, &channel_id, receiving_since.is_some());
                     return None;
                 }
@@ -270,13 +272,7 @@ impl Session<'_> {
                     };
                     match frame::classify(text.as_str()) {
                         Frame::Notification(_) => {
-                            events::event_received();
-                            let notification = Notification {
-                                raw: Bytes::from(text),
-                                channel: channel_id.clone(),
-                                received_at: last_frame_wall,
-                            };
-                            if self.ctx.out.send(Inbound::Event(notification)).await.is_err() {
+                            if !self.forward(text.into(), last_frame_wall).await {
                                 // The pipeline is gone: the process is shutting down.
                                 return None;
                             }
@@ -340,6 +336,53 @@ impl Session<'_> {
             retry_after: None,
             up_for: receiving_since.map_or(Duration::ZERO, |(at, _)| at.elapsed()),
         })
+    }
+}
+
+impl Session<'_> {
+    /// Hands one notification to the pipeline; false if the pipeline is gone.
+    async fn forward(&self, raw: Bytes, received_at: SystemTime) -> bool {
+        events::event_received();
+        let notification = Notification {
+            raw,
+            channel: self.channel.id.clone(),
+            received_at,
+        };
+        self.ctx
+            .out
+            .send(Inbound::Event(notification))
+            .await
+            .is_ok()
+    }
+
+    /// Closes the socket politely and keeps every notification the server
+    /// sent before its close reply: after a make-before-break move, or at
+    /// shutdown, those frames are already ours and must not be lost.
+    async fn close_and_drain<S>(&self, socket: &mut S)
+    where
+        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    {
+        if socket.send(Message::Close(None)).await.is_err() {
+            return;
+        }
+        let drain = async {
+            while let Some(Ok(message)) = socket.next().await {
+                match message {
+                    Message::Text(text) => {
+                        let is_event =
+                            matches!(frame::classify(text.as_str()), Frame::Notification(_));
+                        if is_event && !self.forward(text.into(), SystemTime::now()).await {
+                            return;
+                        }
+                    }
+                    Message::Close(_) => return,
+                    _ => {}
+                }
+            }
+        };
+        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+            tracing::debug!(channel = %self.channel.id, "No close reply in time; dropping the socket.");
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::time::SystemTime;
 
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::Record;
@@ -43,6 +44,14 @@ pub async fn run(mut input: mpsc::Receiver<Record>) {
     }
 }
 
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    topic: &'a str,
+    key: Option<String>,
+    headers: serde_json::Map<String, serde_json::Value>,
+    value: Box<RawValue>,
+}
+
 /// One NDJSON line for a record.
 pub fn line(record: &Record, out: &mut Vec<u8>) {
     let headers: serde_json::Map<String, serde_json::Value> = record
@@ -55,15 +64,49 @@ pub fn line(record: &Record, out: &mut Vec<u8>) {
             )
         })
         .collect();
-    let value: serde_json::Value = serde_json::from_slice(&record.value)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&record.value).into_owned().into());
-    let line = serde_json::json!({
-        "topic": &*record.topic,
-        "key": record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
-        "headers": headers,
-        "value": value,
+    // The value is embedded as it came, byte for byte, when it is JSON.
+    let text = String::from_utf8_lossy(&record.value);
+    let value = RawValue::from_string(text.clone().into_owned()).unwrap_or_else(|_| {
+        RawValue::from_string(serde_json::Value::from(text).to_string())
+            .expect("a JSON string is JSON")
     });
+    let line = Line {
+        topic: &record.topic,
+        key: record
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
+        headers,
+        value,
+    };
     // Writing JSON into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, &line);
     out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    #[test]
+    fn value_is_embedded_byte_for_byte() {
+        let value = r#"{"topicName":"v2.users.x.presence","eventBody":{"z":1,"a":2}}"#;
+        let record = Record {
+            topic: Arc::from("genesys.users.presence"),
+            key: Some(Bytes::from_static(b"x")),
+            value: Bytes::from_static(value.as_bytes()),
+            headers: vec![("genesys-topic", Bytes::from_static(b"v2.users.x.presence"))],
+            received_at: None,
+        };
+        let mut out = Vec::new();
+        line(&record, &mut out);
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.ends_with('\n'));
+        assert!(text.contains(value), "{text}");
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("one JSON line");
+        assert_eq!(parsed["key"], "x");
+        assert_eq!(parsed["headers"]["genesys-topic"], "v2.users.x.presence");
+    }
 }

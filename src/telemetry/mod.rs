@@ -12,11 +12,12 @@ pub use metrics::{metrics, Health, HeartbeatClock, Metrics};
 use crate::config::LogFormat;
 
 /// Installs the global tracing subscriber; the level comes from `RUST_LOG`
-/// (default `info`). Logs go to stderr so that stdout stays free for the
+/// (else `default_filter`, e.g. `info`). Logs go to stderr so that stdout stays free for the
 /// NDJSON sink.
-pub fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

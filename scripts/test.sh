@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls exactly this):
+# formatting, lints, unit and integration tests against a real local Kafka
+# broker and the in-repo Genesys emulator, and the fidelity check of the
+# emulator against Genesys' own Python SDK. Stops everything it started,
+# even on failure.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+PORT="${TEST_KAFKA_PORT:-19092}"
+
+cleanup() {
+  # The shared broker, and any broker a test started and could not stop.
+  for state in target/kafka-dev/*/; do
+    [ -d "$state" ] || continue
+    scripts/kafka-dev.sh stop --port "$(basename "$state")" >/dev/null 2>&1 || true
+  done
+}
+trap cleanup EXIT
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing the local broker (cached after the first run)"
+scripts/kafka-dev.sh install >/dev/null
+step "starting the shared test broker on 127.0.0.1:$PORT"
+scripts/kafka-dev.sh start --port "$PORT"
+export TEST_KAFKA_BROKERS="127.0.0.1:$PORT"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+step "cargo test"
+cargo test --workspace
+step "emulator fidelity against Genesys' Python SDK"
+scripts/sdk-fidelity.sh
+step "all checks passed"

@@ -1,0 +1,339 @@
+//! Shared test plumbing: the real local broker (started by scripts/test.sh,
+//! or on demand through scripts/kafka-dev.sh), a reader that consumes whole
+//! topics with explicit partition assignment (Tansu's consumer groups are not
+//! dependable), and Java's murmur2 partitioner for checking keys.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared test broker's address.
+pub fn brokers() -> String {
+    if let Ok(brokers) = std::env::var("TEST_KAFKA_BROKERS") {
+        return brokers;
+    }
+    kafka_dev(&["start", "--port", "19092"]);
+    "127.0.0.1:19092".into()
+}
+
+pub fn kafka_dev(args: &[&str]) {
+    let status = Command::new(repo().join("scripts/kafka-dev.sh"))
+        .args(args)
+        .status()
+        .expect("scripts/kafka-dev.sh runs");
+    assert!(status.success(), "kafka-dev.sh {args:?} failed");
+}
+
+/// A broker of a test's own (for stopping and restarting it); stopped on drop.
+pub struct PrivateBroker {
+    pub port: u16,
+}
+
+impl PrivateBroker {
+    pub fn start(port: u16, storage: &str) -> Self {
+        let p = port.to_string();
+        kafka_dev(&["stop", "--port", &p]);
+        let _ = std::fs::remove_dir_all(repo().join(format!("target/kafka-dev/{port}")));
+        kafka_dev(&["start", "--port", &p, "--storage", storage]);
+        Self { port }
+    }
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    pub fn stop(&self) {
+        kafka_dev(&["stop", "--port", &self.port.to_string()]);
+    }
+    pub fn restart_keeping_data(&self) {
+        let p = self.port.to_string();
+        let storage = std::fs::read_to_string(repo().join(format!("target/kafka-dev/{p}/storage")))
+            .unwrap_or_else(|_| "sqlite".into());
+        kafka_dev(&["start", "--port", &p, "--storage", storage.trim()]);
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A topic prefix no other test run uses.
+pub fn unique_prefix(name: &str) -> String {
+    format!(
+        "t{}-{name}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Reads every record of `topics` (all partitions, from the start) until
+/// `expected` records arrived or nothing came for `quiet`.
+pub fn read_all(
+    brokers: &str,
+    topics: &[String],
+    expected: usize,
+    quiet: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "genesys-bridge-tests")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                assignment
+                    .add_partition_offset(topic, p.id(), Offset::Beginning)
+                    .expect("partition");
+            }
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while out.len() < expected && last.elapsed() < quiet {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                out.push(m.detach());
+                last = Instant::now();
+            }
+            Some(Err(e)) => eprintln!("consumer: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+pub fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a [u8]> {
+    use rdkafka::message::Headers;
+    let headers = m.headers()?;
+    (0..headers.count())
+        .map(|i| headers.get(i))
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+}
+
+pub fn header_str(m: &OwnedMessage, name: &str) -> Option<String> {
+    header(m, name).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Java's `Utils.murmur2` (what the Java client's default partitioner uses).
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len() as u32;
+    let mut h: u32 = SEED ^ len;
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    match tail.len() {
+        3 => {
+            h ^= u32::from(tail[2]) << 16;
+            h ^= u32::from(tail[1]) << 8;
+            h ^= u32::from(tail[0]);
+            h = h.wrapping_mul(M);
+        }
+        2 => {
+            h ^= u32::from(tail[1]) << 8;
+            h ^= u32::from(tail[0]);
+            h = h.wrapping_mul(M);
+        }
+        1 => {
+            h ^= u32::from(tail[0]);
+            h = h.wrapping_mul(M);
+        }
+        _ => {}
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition Java's default partitioner picks for a key.
+pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+// ---------------------------------------------------------------------------
+// The bridge against the emulator.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use genesys_emulator::{Config as EmuConfig, Emulator};
+use genesys_kafka_bridge::config::{self, FileConfig, Secret, Settings, SinkKind};
+use genesys_kafka_bridge::event::{Gap, Inbound};
+
+pub async fn emulator(config: EmuConfig) -> Emulator {
+    Emulator::start(config, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("emulator starts")
+}
+
+/// An emulator config with quick heartbeats, for tests.
+pub fn quick_emulator() -> EmuConfig {
+    EmuConfig {
+        heartbeat_interval: Duration::from_millis(500),
+        socket_closing_grace: Duration::from_secs(3),
+        ..EmuConfig::default()
+    }
+}
+
+/// Bridge settings pointing at `emu`, with test-speed timers; `tweak` adjusts.
+pub fn settings(
+    emu: &Emulator,
+    topics: &[String],
+    tweak: impl FnOnce(&mut FileConfig),
+) -> Settings {
+    let mut raw = FileConfig::default();
+    raw.genesys.api_base_url = Some(emu.base_url());
+    raw.genesys.login_base_url = Some(emu.base_url());
+    raw.genesys.client_id = emu.config().client_id.clone();
+    raw.genesys.client_secret = Secret::new(emu.config().client_secret.clone());
+    raw.genesys.topics = topics.to_vec();
+    raw.genesys.ping_interval = Duration::from_millis(500);
+    raw.genesys.heartbeat_timeout = Duration::from_secs(2);
+    raw.reconnect.initial_delay = Duration::from_millis(200);
+    raw.reconnect.max_delay = Duration::from_secs(2);
+    raw.reconnect.stable_after = Duration::from_secs(5);
+    raw.pipeline.sink = SinkKind::Stdout;
+    raw.admin.listen = String::new();
+    raw.shutdown_grace = Duration::from_secs(10);
+    tweak(&mut raw);
+    config::validate(raw).expect("test settings are valid")
+}
+
+/// What the connection manager handed on, in arrival order.
+#[derive(Clone, Default)]
+pub struct Collected {
+    items: Arc<Mutex<Vec<Inbound>>>,
+    /// When the test told the bridge to stop (gaps after it are the test's own).
+    pub stopped_at: Arc<Mutex<Option<SystemTime>>>,
+}
+
+impl Collected {
+    pub fn spawn(mut rx: tokio::sync::mpsc::Receiver<Inbound>) -> Self {
+        let me = Self::default();
+        let store = me.items.clone();
+        tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                store.lock().expect("lock").push(item);
+            }
+        });
+        me
+    }
+
+    /// Sequence numbers of the events received (with repeats).
+    pub fn seqs(&self) -> Vec<u64> {
+        self.items
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|i| match i {
+                Inbound::Event(n) => seq_of(&n.raw),
+                Inbound::Gap(_) => None,
+            })
+            .collect()
+    }
+
+    pub fn gaps(&self) -> Vec<Gap> {
+        self.items
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|i| match i {
+                Inbound::Gap(g) => Some(g.clone()),
+                Inbound::Event(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// `eventBody.emulatorSequence` of a frame.
+pub fn seq_of(raw: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    v["eventBody"]["emulatorSequence"]
+        .as_u64()
+        .filter(|s| *s > 0)
+}
+
+/// Deliverable events the output is missing, and events it has more than once.
+pub fn lost_and_duplicated(emu: &Emulator, seqs: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let mut counts = std::collections::BTreeMap::new();
+    for s in seqs {
+        *counts.entry(*s).or_insert(0u32) += 1;
+    }
+    let lost = emu
+        .deliverable()
+        .into_iter()
+        .filter(|s| !counts.contains_key(s))
+        .collect();
+    let dup = counts
+        .into_iter()
+        .filter(|(_, c)| *c > 1)
+        .map(|(s, _)| s)
+        .collect();
+    (lost, dup)
+}
+
+/// Publishes to `topics` round-robin at about `rate` per second until `stop`.
+pub fn publish_steadily(
+    emu: &Emulator,
+    topics: Vec<String>,
+    rate: u64,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u64> {
+    let emu = emu.clone();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+        while !stop.is_cancelled() {
+            tick.tick().await;
+            emu.publish(&topics[(n as usize) % topics.len()]);
+            n += 1;
+        }
+        n
+    })
+}
+
+pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check()
+}
+
+pub fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
+    match a.duration_since(b) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}

@@ -1,0 +1,454 @@
+//! The connection manager against the emulator: steady state, planned
+//! transitions (make-before-break), unplanned drops and stalls with their
+//! gaps, redundancy, politeness under 429s and bad credentials, sharding.
+//! Each test runs the manager alone and reads what it hands on.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use genesys_emulator::{Config as EmuConfig, Emulator, Failure, RequestKind, Target};
+use genesys_kafka_bridge::config::Settings;
+use genesys_kafka_bridge::connection;
+use genesys_kafka_bridge::event::Reason;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use common::*;
+
+struct Manager {
+    out: Collected,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Manager {
+    fn start(settings: Settings) -> Self {
+        let (tx, rx) = mpsc::channel(10_000);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { connection::run(&settings, tx, cancel).await }
+        });
+        Self {
+            out: Collected::spawn(rx),
+            cancel,
+            task,
+        }
+    }
+
+    /// Stops the manager; returns what it handed on and when it was told to stop.
+    async fn stop(self) -> Collected {
+        *self.out.stopped_at.lock().expect("lock") = Some(SystemTime::now());
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("manager stops within 10 s")
+            .expect("manager task");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.out
+    }
+}
+
+/// Waits until every topic is covered on the emulator's side.
+async fn covered(emu: &Emulator, topics: &[String]) {
+    assert!(
+        wait_until(Duration::from_secs(15), || topics
+            .iter()
+            .all(|t| emu.covered(t)))
+        .await,
+        "bridge subscribed every topic"
+    );
+}
+
+/// Runs a publisher for `before`, applies `fault`, keeps publishing for
+/// `after`, then checks what the manager handed on.
+async fn stream_through(
+    emu: &Emulator,
+    topics: &[String],
+    before: Duration,
+    fault: impl FnOnce(),
+    after: Duration,
+) {
+    let stop = CancellationToken::new();
+    let publisher = publish_steadily(emu, topics.to_vec(), 200, stop.clone());
+    tokio::time::sleep(before).await;
+    fault();
+    tokio::time::sleep(after).await;
+    stop.cancel();
+    publisher.await.expect("publisher");
+    assert!(
+        emu.settle(Duration::from_secs(5)).await,
+        "emulator flushed its sockets"
+    );
+}
+
+fn assert_no_loss(emu: &Emulator, out: &Collected, allow_duplicates: bool) {
+    let (lost, dup) = lost_and_duplicated(emu, &out.seqs());
+    let stats = emu.event_stats();
+    println!(
+        "published {} deliverable {} received {} lost {} duplicated {}",
+        stats.published,
+        stats.deliverable,
+        out.seqs().len(),
+        lost.len(),
+        dup.len()
+    );
+    assert!(stats.deliverable > 100, "the stream ran: {stats:?}");
+    assert!(lost.is_empty(), "lost deliverable events: {lost:?}");
+    if !allow_duplicates {
+        assert!(dup.is_empty(), "duplicates: {dup:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_run_delivers_every_event_exactly_once() {
+    let emu = emulator(quick_emulator()).await;
+    let topics = emu.sample_topics(12);
+    let m = Manager::start(settings(&emu, &topics, |_| {}));
+    covered(&emu, &topics).await;
+    stream_through(
+        &emu,
+        &topics,
+        Duration::from_secs(2),
+        || {},
+        Duration::from_secs(1),
+    )
+    .await;
+    let out = m.stop().await;
+    assert_no_loss(&emu, &out, false);
+    assert!(out.gaps().is_empty());
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_closing_moves_make_before_break() {
+    let emu = emulator(quick_emulator()).await;
+    let topics = emu.sample_topics(12);
+    let m = Manager::start(settings(&emu, &topics, |_| {}));
+    covered(&emu, &topics).await;
+    let first: Vec<String> = emu.channels().into_iter().map(|c| c.id).collect();
+    stream_through(
+        &emu,
+        &topics,
+        Duration::from_secs(1),
+        || {
+            emu.socket_closing(Target::All);
+        },
+        Duration::from_secs(5),
+    )
+    .await;
+    let out = m.stop().await;
+    assert_no_loss(&emu, &out, true);
+    assert!(
+        out.gaps().is_empty(),
+        "planned move made a gap: {:?}",
+        out.gaps()
+    );
+    for t in &topics {
+        assert!(
+            gaps_before_stop(&emu, &out, t).is_empty(),
+            "emulator saw {t} uncovered"
+        );
+    }
+    let now: Vec<String> = emu
+        .channels()
+        .into_iter()
+        .filter(|c| c.socket_open || c.alive)
+        .map(|c| c.id)
+        .collect();
+    assert!(
+        now.iter().any(|c| !first.contains(c)),
+        "moved to a new channel"
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_expiry_rotates_before_the_channel_dies() {
+    let emu = emulator(EmuConfig {
+        channel_lifetime: Duration::from_secs(6),
+        ..quick_emulator()
+    })
+    .await;
+    let topics = emu.sample_topics(8);
+    let m = Manager::start(settings(&emu, &topics, |_| {}));
+    covered(&emu, &topics).await;
+    stream_through(
+        &emu,
+        &topics,
+        Duration::from_secs(1),
+        || {},
+        Duration::from_secs(11),
+    )
+    .await;
+    let out = m.stop().await;
+    assert_no_loss(&emu, &out, true);
+    assert!(out.gaps().is_empty(), "{:?}", out.gaps());
+    let channels = emu.channels();
+    assert!(
+        channels.len() >= 3,
+        "rotated at least twice in 12 s: {}",
+        channels.len()
+    );
+    for c in channels
+        .iter()
+        .filter(|c| c.death == Some(genesys_emulator::DeathReason::Expired))
+    {
+        let died = c.died_at.expect("dead channels have a death time");
+        for socket in &c.sockets {
+            let left = socket.disconnected_at.expect("its sockets are closed");
+            assert!(
+                left <= died,
+                "channel {} expired under an open socket",
+                c.id
+            );
+        }
+    }
+    for t in &topics {
+        assert!(
+            gaps_before_stop(&emu, &out, t).is_empty(),
+            "emulator saw {t} uncovered"
+        );
+    }
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_expiry_moves_channels_to_the_new_token() {
+    let emu = emulator(EmuConfig {
+        token_lifetime: Duration::from_secs(8),
+        ..quick_emulator()
+    })
+    .await;
+    let topics = emu.sample_topics(8);
+    let m = Manager::start(settings(&emu, &topics, |_| {}));
+    covered(&emu, &topics).await;
+    stream_through(
+        &emu,
+        &topics,
+        Duration::from_secs(1),
+        || {},
+        Duration::from_secs(14),
+    )
+    .await;
+    let out = m.stop().await;
+    assert_no_loss(&emu, &out, true);
+    assert!(out.gaps().is_empty(), "{:?}", out.gaps());
+    let tokens = emu
+        .requests()
+        .iter()
+        .filter(|r| r.kind == RequestKind::Token)
+        .count();
+    assert!(
+        tokens >= 3,
+        "refreshed ahead of expiry: {tokens} token requests"
+    );
+    for t in &topics {
+        assert!(
+            gaps_before_stop(&emu, &out, t).is_empty(),
+            "emulator saw {t} uncovered"
+        );
+    }
+    emu.shutdown().await;
+}
+
+/// The emulator's gaps for `topic`, but for the one the manager's own stop opens.
+fn gaps_before_stop(emu: &Emulator, out: &Collected, topic: &str) -> Vec<genesys_emulator::Gap> {
+    let stopped = out.stopped_at.lock().expect("lock").expect("stopped");
+    emu.coverage_gaps(topic)
+        .into_iter()
+        .filter(|g| g.start < stopped)
+        .collect()
+}
+
+/// One bridge gap per fault, matching the emulator's view within 1 s.
+fn assert_one_matching_gap(emu: &Emulator, out: &Collected, topics: &[String], reason: Reason) {
+    let gaps = out.gaps();
+    assert_eq!(gaps.len(), 1, "one gap: {gaps:?}");
+    let ours = &gaps[0];
+    assert_eq!(ours.reason, reason);
+    let theirs = gaps_before_stop(emu, out, &topics[0]);
+    assert_eq!(theirs.len(), 1, "emulator saw one gap: {theirs:?}");
+    let (start, end) = (theirs[0].start, theirs[0].end.expect("gap closed"));
+    let ours_secs = secs_between(ours.ended_at, ours.started_at);
+    let theirs_secs = secs_between(end, start);
+    println!("gap: bridge {ours_secs:.3}s, emulator {theirs_secs:.3}s");
+    assert!(
+        (ours_secs - theirs_secs).abs() <= 1.0,
+        "durations within 1 s"
+    );
+    assert!(secs_between(ours.started_at, start).abs() <= 1.0);
+    assert!(secs_between(ours.ended_at, end).abs() <= 1.0);
+    assert_eq!(&*ours.topics, topics);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abrupt_drop_is_recovered_with_one_measured_gap() {
+    let emu = emulator(quick_emulator()).await;
+    let topics = emu.sample_topics(6);
+    let m = Manager::start(settings(&emu, &topics, |_| {}));
+    covered(&emu, &topics).await;
+    stream_through(
+        &emu,
+        &topics,
+        Duration::from_secs(1),
+        || {
+            emu.drop_sockets(Target::All);
+        },
+        Duration::from_secs(4),
+    )
+    .await;
+    let out = m.stop().await;
+    assert_no_loss(&emu, &out, false);
+    assert_one_matching_gap(&emu, &out, &topics, Reason::SocketError);
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_is_detected_within_the_heartbeat_timeout() {
+    let emu = emulator(quick_emulator()).await;
+    let topics = emu.sample_topics(6);
+    let m = Manager::start(settings(&emu, &topics, |_| {}));
+    covered(&emu, &topics).await;
+    let stalled_at = std::sync::Mutex::new(None);
+    stream_through(
+        &emu,
+        &topics,
+        Duration::from_secs(1),
+        || {
+            *stalled_at.lock().expect("lock") = Some(SystemTime::now());
+            emu.stall_sockets(Target::All);
+        },
+        Duration::from_secs(6),
+    )
+    .await;
+    let out = m.stop().await;
+    assert_no_loss(&emu, &out, false);
+    assert_one_matching_gap(&emu, &out, &topics, Reason::HeartbeatTimeout);
+    // Recovered within the 2 s heartbeat timeout plus the first backoff window.
+    let gap = &out.gaps()[0];
+    let stalled_at = stalled_at.lock().expect("lock").expect("stalled");
+    assert!(
+        secs_between(gap.ended_at, stalled_at) < 2.0 + 0.2 + 1.0,
+        "{gap:?}"
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redundancy_two_loses_nothing_on_a_single_drop() {
+    let emu = emulator(quick_emulator()).await;
+    let topics = emu.sample_topics(6);
+    let m = Manager::start(settings(&emu, &topics, |raw| raw.genesys.redundancy = 2));
+    covered(&emu, &topics).await;
+    assert!(wait_until(Duration::from_secs(10), || emu.open_sockets() == 2).await);
+    let victim = emu
+        .channels()
+        .into_iter()
+        .find(|c| c.socket_open)
+        .expect("a channel")
+        .id;
+    stream_through(
+        &emu,
+        &topics,
+        Duration::from_secs(1),
+        || {
+            emu.drop_sockets(Target::channel(victim.clone()));
+        },
+        Duration::from_secs(3),
+    )
+    .await;
+    let out = m.stop().await;
+    // Both channels deliver every event: duplicates are expected here (the
+    // pipeline's dedup removes them), losses are not.
+    assert_no_loss(&emu, &out, true);
+    assert!(out.gaps().is_empty(), "{:?}", out.gaps());
+    for t in &topics {
+        assert!(gaps_before_stop(&emu, &out, t).is_empty());
+    }
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_is_never_called_again_before_retry_after() {
+    let emu = emulator(quick_emulator()).await;
+    let topics = emu.sample_topics(3);
+    emu.fail_next(
+        RequestKind::CreateChannel,
+        3,
+        Failure::TooManyRequests {
+            retry_after_secs: 2,
+        },
+    );
+    let m = Manager::start(settings(&emu, &topics, |_| {}));
+    covered(&emu, &topics).await;
+    let creates: Vec<_> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::CreateChannel)
+        .collect();
+    assert!(creates.len() >= 4, "{creates:?}");
+    for pair in creates.windows(2) {
+        if pair[0].status == 429 {
+            let waited = secs_between(pair[1].at, pair[0].at);
+            assert!(
+                waited >= 2.0,
+                "called again {waited:.3}s after a 429 with Retry-After: 2"
+            );
+        }
+    }
+    m.stop().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_credentials_cost_one_token_request_per_backoff_step() {
+    let emu = emulator(quick_emulator()).await;
+    let topics = emu.sample_topics(2500);
+    let m = Manager::start(settings(&emu, &topics, |raw| {
+        raw.genesys.client_secret = genesys_kafka_bridge::config::Secret::new("wrong");
+        raw.reconnect.initial_delay = Duration::from_millis(100);
+        raw.reconnect.max_delay = Duration::from_secs(1);
+    }));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    m.stop().await;
+    let tokens: Vec<_> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::Token)
+        .collect();
+    // Three shards ask for tokens; the backoff cap is 1 s.
+    assert!(
+        !tokens.is_empty() && tokens.len() <= 6,
+        "{} token requests in 5 s",
+        tokens.len()
+    );
+    for pair in tokens.windows(2) {
+        let waited = secs_between(pair[1].at, pair[0].at);
+        assert!(waited >= 0.95, "token requests {waited:.3}s apart");
+    }
+    assert!(tokens.iter().all(|r| r.status == 401));
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_five_hundred_topics_use_three_channels() {
+    let emu = emulator(EmuConfig {
+        user_ids: genesys_emulator::config::generated_ids(400),
+        queue_ids: genesys_emulator::config::generated_ids(100),
+        ..quick_emulator()
+    })
+    .await;
+    let topics = emu.sample_topics(2500);
+    assert_eq!(topics.len(), 2500);
+    let m = Manager::start(settings(&emu, &topics, |_| {}));
+    assert!(wait_until(Duration::from_secs(20), || emu.open_sockets() == 3).await);
+    covered(&emu, &topics).await;
+    let channels: Vec<_> = emu.channels().into_iter().filter(|c| c.alive).collect();
+    assert_eq!(channels.len(), 3);
+    assert!(channels.iter().all(|c| c.topics.len() <= 1000));
+    assert_eq!(channels.iter().map(|c| c.topics.len()).sum::<usize>(), 2500);
+    m.stop().await;
+    emu.shutdown().await;
+}
