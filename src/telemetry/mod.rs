@@ -9,22 +9,39 @@ mod metrics;
 
 pub use metrics::{metrics, Health, HeartbeatClock, Metrics};
 
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::prelude::*;
+
 use crate::config::LogFormat;
 
-/// Installs the global tracing subscriber; the level comes from `RUST_LOG`
-/// (else `default_filter`, e.g. `info`). Logs go to stderr so that stdout stays free for the
-/// NDJSON sink.
+/// Installs the global tracing subscriber, writing to stderr (stdout stays
+/// free for the NDJSON sink). The level comes from `RUST_LOG`, else
+/// `default_filter` (e.g. `info`).
 pub fn init_logging(format: LogFormat, default_filter: &str) {
-    use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    init_logging_with(format, filter, std::io::stderr);
+}
+
+/// [`init_logging`] with an explicit filter and writer (tests capture logs
+/// with it). A second call keeps the first subscriber.
+pub fn init_logging_with<W>(format: LogFormat, filter: EnvFilter, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    // tungstenite traces the whole handshake request, whose path is the
+    // channel's connectUri: a credential. Nothing at any level may show it.
+    let never_secrets = filter_fn(|meta| {
+        !(meta.target().starts_with("tungstenite::handshake")
+            && *meta.level() == tracing::Level::TRACE)
+    });
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(never_secrets);
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    let _ = match format {
+        LogFormat::Json => registry.with(layer.json().flatten_event(true)).try_init(),
+        LogFormat::Pretty => registry.with(layer).try_init(),
     };
-    // A second init (tests, the demo) keeps the first subscriber.
-    let _ = result;
 }

@@ -1,0 +1,153 @@
+//! Secret hygiene: the whole bridge runs through token refreshes, a
+//! revocation (401 mid-stream), socket_closing, an abrupt drop and rejected
+//! credentials with every log at `trace`, and no line may hold the client
+//! secret, an access token or a socket's connectUri. One test per process,
+//! so that the capturing subscriber sees everything.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use genesys_emulator::{Config as EmuConfig, Target};
+use genesys_kafka_bridge::app;
+use genesys_kafka_bridge::config::{LogFormat, Secret, SinkKind};
+use tokio_util::sync::CancellationToken;
+
+use common::*;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const SECRET: &str = "s3cr3t-Never-Log-Me";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_token_or_connect_uri_in_trace_logs() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    // The bridge's own logging set-up, at trace for every crate.
+    genesys_kafka_bridge::telemetry::init_logging_with(
+        LogFormat::Json,
+        tracing_subscriber::EnvFilter::new("trace"),
+        move || writer.clone(),
+    );
+
+    let emu = emulator(EmuConfig {
+        client_secret: SECRET.into(),
+        token_lifetime: Duration::from_secs(6),
+        ..quick_emulator()
+    })
+    .await;
+    let topics = emu.sample_topics(6);
+    let brokers = brokers();
+    let prefix = unique_prefix("secrets");
+    let good = settings(&emu, &topics, |raw| {
+        raw.pipeline.sink = SinkKind::Kafka;
+        raw.kafka.brokers = brokers.clone();
+        raw.kafka.topic_prefix = prefix.clone();
+        raw.kafka.create_topics = true;
+        raw.kafka.replication_factor = 1;
+    });
+    let shutdown = CancellationToken::new();
+    let bridge = tokio::spawn(app::run(good, None, shutdown.clone()));
+    assert!(
+        wait_until(Duration::from_secs(15), || topics
+            .iter()
+            .all(|t| emu.covered(t)))
+        .await
+    );
+    emu.set_rate(100.0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    emu.socket_closing(Target::All);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    emu.revoke_tokens();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    emu.drop_sockets(Target::All);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    emu.set_rate(0.0);
+    shutdown.cancel();
+    bridge.await.expect("bridge task").expect("bridge ran");
+
+    // Rejected credentials: the wrong secret must not be logged either.
+    let wrong = settings(&emu, &topics, |raw| {
+        raw.genesys.client_secret = Secret::new("Wr0ng-Secret-Value");
+    });
+    let shutdown = CancellationToken::new();
+    let bridge = tokio::spawn(app::run(wrong, None, shutdown.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    shutdown.cancel();
+    bridge.await.expect("bridge task").expect("bridge ran");
+    emu.shutdown().await;
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().expect("lock")).into_owned();
+    let lines = logs.lines().count();
+    println!("captured {lines} log lines at trace");
+    assert!(lines > 200, "logging was captured");
+    assert!(
+        logs.contains("Obtained an access token"),
+        "the run got tokens"
+    );
+    assert!(
+        logs.contains("rejected the client credentials"),
+        "the bad run was said"
+    );
+    // Some libraries dump frames in hex at trace: read those too.
+    let decoded: String = logs
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter_map(|w| w.strip_prefix("0x"))
+        .filter_map(|hex| {
+            (0..hex.len() / 2 * 2)
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()
+        })
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned() + "\n")
+        .collect();
+    println!("decoded {} bytes of hex dumps", decoded.len());
+    let port = emu.local_addr().port();
+    for text in [&logs, &decoded] {
+        for needle in [
+            SECRET,
+            "Wr0ng-Secret-Value",
+            "ws://",
+            "Bearer ",
+            "Basic ",
+            "access_token",
+        ] {
+            assert!(!text.contains(needle), "log contains {needle:?}");
+        }
+        assert!(
+            !text.contains(&format!("{port}/channels/")),
+            "a connectUri was logged"
+        );
+        assert!(
+            !text.contains("GET /channels/"),
+            "a socket handshake (its path is the credential) was logged"
+        );
+        // Emulator tokens are 48 alphanumerics; nothing else we log is that shape.
+        let token_shaped = text.lines().find(|line| {
+            line.split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|run| run.len() >= 40 && !run.starts_with("0x"))
+        });
+        assert!(
+            token_shaped.is_none(),
+            "something token-shaped was logged: {}",
+            token_shaped
+                .unwrap_or_default()
+                .chars()
+                .take(400)
+                .collect::<String>()
+        );
+    }
+}
