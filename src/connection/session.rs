@@ -402,3 +402,206 @@ fn describe(error: &WsError) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The socket loop over an in-memory socket, with tokio's clock paused:
+    //! pings, the heartbeat watchdog and frame handling, deterministically.
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::config::{ReconnectSection, Secret};
+    use crate::genesys::auth::Auth;
+
+    /// A socket whose incoming frames the test sends and whose outgoing
+    /// frames the test reads.
+    struct FakeSocket {
+        incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
+        outgoing: mpsc::UnboundedSender<(Instant, Message)>,
+    }
+
+    impl Stream for FakeSocket {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx)
+        }
+    }
+
+    impl Sink<Message> for FakeSocket {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            let _ = self.outgoing.send((Instant::now(), item));
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Rig {
+        to_socket: mpsc::UnboundedSender<Result<Message, WsError>>,
+        from_socket: mpsc::UnboundedReceiver<(Instant, Message)>,
+        events: mpsc::UnboundedReceiver<SessionEvent>,
+        out: mpsc::Receiver<Inbound>,
+        ended: tokio::task::JoinHandle<Option<Ended>>,
+        cancel: CancellationToken,
+    }
+
+    const PONG: &str = r#"{"topicName":"channel.metadata","eventBody":{"message":"pong"}}"#;
+    const HEARTBEAT: &str =
+        r#"{"topicName":"channel.metadata","eventBody":{"message":"WebSocket Heartbeat"}}"#;
+
+    /// A session on a reused channel (no REST call), pinging every 20 s with
+    /// a 70 s watchdog, as the defaults say.
+    fn rig() -> Rig {
+        let reconnect = ReconnectSection::default();
+        let http = reqwest::Client::new();
+        let auth = Auth::new(
+            http.clone(),
+            "http://127.0.0.1:9",
+            "id",
+            &Secret::new("s"),
+            &reconnect,
+        );
+        let (out_tx, out) = mpsc::channel(16);
+        let ctx = SessionContext {
+            api: Api::new(http, "http://127.0.0.1:9", auth),
+            out: out_tx,
+            ping_interval: Duration::from_secs(20),
+            heartbeat_timeout: Duration::from_secs(70),
+            max_frame_bytes: 1 << 20,
+        };
+        let channel = Channel {
+            id: "streaming-0-test".into(),
+            connect_uri: serde_json::from_str("\"ws://127.0.0.1:9/channels/streaming-0-test\"")
+                .expect("a JSON string"),
+            expires: None,
+            token_generation: 1,
+            token_expires_at: Instant::now() + Duration::from_secs(3600),
+        };
+        let (to_socket, incoming) = mpsc::unbounded_channel();
+        let (outgoing, from_socket) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let ended = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                let topics: Arc<[String]> = Arc::from(vec!["v2.users.u.presence".to_owned()]);
+                let session = Session {
+                    ctx: &ctx,
+                    shard: 0,
+                    topics: &topics,
+                    channel,
+                    reused: true,
+                    events: &events_tx,
+                };
+                session
+                    .run(FakeSocket { incoming, outgoing }, &cancel)
+                    .await
+            }
+        });
+        Rig {
+            to_socket,
+            from_socket,
+            events,
+            out,
+            ended,
+            cancel,
+        }
+    }
+
+    fn text(s: &str) -> Result<Message, WsError> {
+        Ok(Message::text(s))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn confirms_with_a_ping_then_pings_on_schedule_and_times_out_on_silence() {
+        let mut rig = rig();
+        let (at, first) = rig.from_socket.recv().await.expect("a ping to confirm");
+        assert_eq!(first, Message::text(PING));
+        let start = at;
+        rig.to_socket.send(text(PONG)).expect("socket open");
+        assert!(matches!(
+            rig.events.recv().await,
+            Some(SessionEvent::Receiving { reused: true, .. })
+        ));
+        let last_frame = Instant::now();
+        // Silence from now on: pings go out every 20 s, and at 70 s the
+        // watchdog declares the socket dead, even though "TCP" is open.
+        let ended = rig.ended.await.expect("session task").expect("an end");
+        assert_eq!(ended.reason, Some(Reason::HeartbeatTimeout));
+        assert_eq!(Instant::now() - last_frame, Duration::from_secs(70));
+        let mut pings = Vec::new();
+        while let Ok((at, message)) = rig.from_socket.try_recv() {
+            assert_eq!(message, Message::text(PING));
+            pings.push((at - start).as_secs());
+        }
+        assert_eq!(pings, [20, 40, 60]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_keep_a_quiet_socket_alive() {
+        let mut rig = rig();
+        rig.from_socket.recv().await.expect("confirm ping");
+        rig.to_socket.send(text(PONG)).expect("open");
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            rig.to_socket.send(text(HEARTBEAT)).expect("open");
+        }
+        assert!(
+            !rig.ended.is_finished(),
+            "10 minutes of heartbeats and no event is alive"
+        );
+        rig.cancel.cancel();
+        assert!(
+            rig.ended.await.expect("task").is_none(),
+            "a cancelled session reports nothing"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_are_forwarded_skipped_or_reported() {
+        let mut rig = rig();
+        rig.from_socket.recv().await.expect("confirm ping");
+        rig.to_socket.send(text(PONG)).expect("open");
+        let event = r#"{"topicName":"v2.users.u.presence","eventBody":{"a":1},"metadata":{"CorrelationId":"c"}}"#;
+        let invalid_before = crate::telemetry::metrics().frames_invalid.get();
+        rig.to_socket.send(text("not json")).expect("open");
+        rig.to_socket
+            .send(Ok(Message::binary(vec![0xff, 0xfe])))
+            .expect("open");
+        rig.to_socket.send(text(event)).expect("open");
+        rig.to_socket
+            .send(text(
+                r#"{"topicName":"v2.system.socket_closing","eventBody":{}}"#,
+            ))
+            .expect("open");
+        let Some(Inbound::Event(n)) = rig.out.recv().await else {
+            panic!("the event is forwarded");
+        };
+        assert_eq!(&n.raw[..], event.as_bytes(), "byte for byte");
+        assert_eq!(&*n.channel, "streaming-0-test");
+        let mut planned = None;
+        while let Some(e) = rig.events.recv().await {
+            if let SessionEvent::Planned { reason, .. } = e {
+                planned = Some(reason);
+                break;
+            }
+        }
+        assert_eq!(planned, Some(Reason::SocketClosing));
+        assert!(crate::telemetry::metrics().frames_invalid.get() >= invalid_before + 2);
+        rig.to_socket
+            .send(text(r#"{"result":"404","message":"Channel not found"}"#))
+            .expect("open");
+        let ended = rig.ended.await.expect("task").expect("an end");
+        assert_eq!(ended.reason, Some(Reason::ChannelGone));
+    }
+}
