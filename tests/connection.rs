@@ -452,3 +452,25 @@ async fn twenty_five_hundred_topics_use_three_channels() {
     m.stop().await;
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_topics_are_all_rejected_does_not_spin() {
+    let emu = emulator(quick_emulator()).await;
+    // The emulator forbids ids that start with `forbidden-`.
+    let topics: Vec<String> = (0..3)
+        .map(|i| format!("v2.users.forbidden-{i}.presence"))
+        .collect();
+    let m = Manager::start(settings(&emu, &topics, |_| {}));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    m.stop().await;
+    let requests = emu.requests();
+    let count = |kind| requests.iter().filter(|r| r.kind == kind).count();
+    assert_eq!(
+        count(RequestKind::Subscriptions),
+        1,
+        "subscribed once: {requests:?}"
+    );
+    assert_eq!(count(RequestKind::CreateChannel), 1);
+    assert_eq!(count(RequestKind::WebsocketConnect), 1, "no reconnect loop");
+    emu.shutdown().await;
+}

@@ -92,6 +92,8 @@ pub struct Shard {
     /// Set once the server is seen moving topics between our own channels.
     single_holder: AtomicBool,
     all_rejected: AtomicBool,
+    /// Rejected topics already reported: each is said once, not per rotation.
+    reported: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -113,6 +115,7 @@ impl Shard {
             lost: Notify::new(),
             single_holder: AtomicBool::new(false),
             all_rejected: AtomicBool::new(false),
+            reported: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -417,7 +420,15 @@ impl Slot {
         accepted: usize,
         rejected: &[(String, String)],
     ) {
-        events::topics_subscribed(shard.index, accepted, rejected);
+        let new_rejections: Vec<(String, String)> = match shard.reported.lock() {
+            Ok(mut reported) => rejected
+                .iter()
+                .filter(|(topic, _)| reported.insert(topic.clone()))
+                .cloned()
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        events::topics_subscribed(shard.index, accepted, &new_rejections);
         shard.subscribed(accepted, rejected);
         running.rotate_at = rotation_time(&channel);
         running.channel = Some(channel);
