@@ -247,6 +247,10 @@ impl Collected {
         me
     }
 
+    pub fn items(&self) -> Vec<Inbound> {
+        self.items.lock().expect("lock").clone()
+    }
+
     /// Sequence numbers of the events received (with repeats).
     pub fn seqs(&self) -> Vec<u64> {
         self.items
