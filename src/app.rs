@@ -105,17 +105,34 @@ pub async fn run(
         "Bridge started."
     );
 
-    shutdown.cancelled().await;
+    let (mut supervisor, mut pipeline, mut sink) = (supervisor, pipeline, sink);
+    // A stage that ends on its own (stdout closed, a panic) would leave the
+    // bridge taking frames it can no longer publish: stop the whole process
+    // instead, so that the orchestrator restarts it and the gap is visible.
+    let failed = tokio::select! {
+        () = shutdown.cancelled() => None,
+        _ = &mut pipeline => Some("pipeline"),
+        _ = &mut sink => Some("sink"),
+        _ = &mut supervisor => Some("connection manager"),
+    };
+    if let Some(stage) = failed {
+        tracing::error!(stage, "A stage stopped on its own; shutting down.");
+        shutdown.cancel();
+    }
     tracing::info!(
         grace_secs = settings.shutdown_grace.as_secs_f64(),
         "Shutting down: closing sockets, draining, flushing."
     );
     let grace = settings.shutdown_grace;
-    let drain = async {
-        let _ = supervisor.await;
-        let _ = pipeline.await;
-    };
     let started = tokio::time::Instant::now();
+    let drain = async {
+        if !supervisor.is_finished() {
+            let _ = (&mut supervisor).await;
+        }
+        if !pipeline.is_finished() {
+            let _ = (&mut pipeline).await;
+        }
+    };
     if tokio::time::timeout(grace.mul_f64(0.5), drain)
         .await
         .is_err()
@@ -123,21 +140,24 @@ pub async fn run(
         tracing::warn!("Intake did not stop in time; flushing what reached the sink.");
     }
     let left = grace.saturating_sub(started.elapsed());
-    let sink_done = tokio::time::timeout(left.saturating_sub(grace.mul_f64(0.1)), sink);
-    let result = match sink_done.await {
-        Ok(_) => {
-            tracing::info!("Shutdown complete: everything received was published.");
-            Ok(())
-        }
-        Err(_) => {
-            sink_deadline.cancel();
-            tracing::error!(
-                buffered = metrics().buffered_events.get(),
-                "Shutdown grace ran out before every event was acknowledged."
-            );
-            Ok(())
-        }
-    };
+    let mut result = Ok(());
+    if !sink.is_finished()
+        && tokio::time::timeout(left.saturating_sub(grace.mul_f64(0.15)), &mut sink)
+            .await
+            .is_err()
+    {
+        // The sink flushes what it can and counts the rest; wait for that.
+        sink_deadline.cancel();
+        let _ = tokio::time::timeout(grace.mul_f64(0.1), &mut sink).await;
+        result = Err(anyhow::anyhow!(
+            "shutdown grace ran out with events not acknowledged by Kafka"
+        ));
+    } else if failed.is_none() {
+        tracing::info!("Shutdown complete: everything received was published.");
+    }
+    if let Some(stage) = failed {
+        result = Err(anyhow::anyhow!("the {stage} stopped on its own"));
+    }
     background.cancel();
     admin_cancel.cancel();
     if let Some(task) = admin_task {

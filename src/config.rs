@@ -145,7 +145,7 @@ impl Default for ReconnectSection {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSection {
     /// Bootstrap servers, `host:port[,host:port]`.
@@ -165,7 +165,9 @@ pub struct KafkaSection {
     /// Overrides of the Genesys topic → Kafka topic mapping: pattern → Kafka
     /// topic. A pattern is a topic name with `{id}` where an id stands.
     pub topic_map: BTreeMap<String, String>,
-    /// Any librdkafka property (SASL, TLS, linger.ms, ...).
+    /// Any librdkafka property (SASL, TLS, linger.ms, ...). Values of keys
+    /// that look secret (`*password*`, `*secret*`, ...) print as `***`.
+    #[serde(serialize_with = "masked_properties")]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -183,6 +185,52 @@ impl Default for KafkaSection {
             properties: BTreeMap::new(),
         }
     }
+}
+
+impl fmt::Debug for KafkaSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if is_secret_key(k) { "***" } else { v.as_str() },
+                )
+            })
+            .collect();
+        f.debug_struct("KafkaSection")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("create_topics", &self.create_topics)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("buffer", &self.buffer)
+            .field("overflow", &self.overflow)
+            .field("topic_map", &self.topic_map)
+            .field("properties", &properties)
+            .finish()
+    }
+}
+
+/// librdkafka keys whose values are credentials.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "key.pem", "private"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+fn masked_properties<S: serde::Serializer>(
+    properties: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(properties.len()))?;
+    for (k, v) in properties {
+        map.serialize_entry(k, if is_secret_key(k) { "***" } else { v })?;
+    }
+    map.end()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -345,22 +393,23 @@ pub fn figment(file: Option<&Path>) -> Figment {
                 .ignore(&["config"])
                 .split("__"),
         )
-        .merge(
-            Env::raw()
-                .only(&[
-                    "GENESYS_CLIENT_ID",
-                    "GENESYS_CLIENT_SECRET",
-                    "GENESYS_REGION",
-                ])
-                .map(|key| {
-                    match key.as_str().to_ascii_lowercase().as_str() {
-                        "genesys_client_id" => "genesys.client_id",
-                        "genesys_client_secret" => "genesys.client_secret",
-                        _ => "genesys.region",
-                    }
-                    .into()
-                }),
-        )
+        .merge(short_env())
+}
+
+/// `GENESYS_CLIENT_ID`, `GENESYS_CLIENT_SECRET` and `GENESYS_REGION`, taken
+/// as plain strings (an all-digit secret stays a string).
+fn short_env() -> Figment {
+    let mut figment = Figment::new();
+    for (var, key) in [
+        ("GENESYS_CLIENT_ID", "genesys.client_id"),
+        ("GENESYS_CLIENT_SECRET", "genesys.client_secret"),
+        ("GENESYS_REGION", "genesys.region"),
+    ] {
+        if let Ok(value) = std::env::var(var) {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+    }
+    figment
 }
 
 /// Reads and validates the configuration.
@@ -390,6 +439,9 @@ fn from_figment(error: figment::Error) -> ConfigError {
     };
     let problem = match &error.kind {
         Kind::UnknownField(..) => "unknown key".to_owned(),
+        // Never echo the value: it may be a secret.
+        Kind::InvalidType(_, expected) => format!("wrong type, expected {expected}"),
+        Kind::InvalidValue(_, expected) => format!("invalid value, expected {expected}"),
         Kind::Message(m) if m.contains("No such file") || m.contains("not found") => {
             key = "--config".into();
             m.clone()
@@ -482,6 +534,7 @@ pub fn validate(raw: FileConfig) -> Result<Settings, ConfigError> {
     }
     let r = raw.reconnect;
     positive("reconnect.initial_delay", r.initial_delay)?;
+    positive("reconnect.stable_after", r.stable_after)?;
     if r.max_delay < r.initial_delay {
         return Err(ConfigError::new(
             "reconnect.max_delay",
@@ -584,6 +637,24 @@ fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
 }
 
 fn base_urls(g: &GenesysSection) -> Result<(String, String), ConfigError> {
+    let set = |u: &Option<String>| u.as_deref().is_some_and(|u| !u.trim().is_empty());
+    match (set(&g.api_base_url), set(&g.login_base_url)) {
+        (true, false) => {
+            return Err(ConfigError::new(
+                "genesys.login_base_url",
+                "missing while genesys.api_base_url is set",
+                "set both base URLs, or neither and use genesys.region",
+            ))
+        }
+        (false, true) => {
+            return Err(ConfigError::new(
+                "genesys.api_base_url",
+                "missing while genesys.login_base_url is set",
+                "set both base URLs, or neither and use genesys.region",
+            ))
+        }
+        _ => {}
+    }
     let derived = region::domain(&g.region).map(region::base_urls);
     let pick = |key: &str, explicit: &Option<String>, derived: Option<String>| match explicit
         .as_deref()
@@ -752,7 +823,7 @@ mod tests {
                 "genesys.heartbeat_timeout",
             ),
             (
-                "[genesys]\napi_base_url = \"ftp://x\"\n",
+                "[genesys]\napi_base_url = \"ftp://x\"\nlogin_base_url = \"http://x\"\n",
                 "genesys.api_base_url",
             ),
             (
@@ -770,6 +841,14 @@ mod tests {
             ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
             ("[dedup]\ncapacity = 0\n", "dedup.capacity"),
             ("shutdown_grace = \"0s\"\n", "shutdown_grace"),
+            (
+                "[reconnect]\nstable_after = \"0s\"\n",
+                "reconnect.stable_after",
+            ),
+            (
+                "[genesys]\napi_base_url = \"http://x\"\n",
+                "genesys.login_base_url",
+            ),
             ("[nonsense]\n", "nonsense"),
         ];
         for (patch, key) in cases {
@@ -788,6 +867,30 @@ mod tests {
                 assert!(!err.to_string().contains("s3cret-value"));
                 Ok(())
             });
+        }
+    }
+
+    #[test]
+    fn an_all_digit_secret_from_the_environment_stays_a_string() {
+        Jail::expect_with(|jail| {
+            jail.set_env("GENESYS_CLIENT_SECRET", "0123456789");
+            let s = load_in_jail(jail, &GOOD.replace("client_secret = \"s3cret-value\"", ""))
+                .expect("valid");
+            assert_eq!(s.genesys.client_secret.expose(), "0123456789");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn kafka_credentials_are_masked() {
+        let mut k = KafkaSection::default();
+        k.properties.insert("sasl.password".into(), "hunter2".into());
+        k.properties.insert("linger.ms".into(), "5".into());
+        let debug = format!("{k:?}");
+        let json = serde_json::to_string(&k).expect("serializes");
+        for text in [debug, json] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("linger.ms"));
         }
     }
 

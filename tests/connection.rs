@@ -474,3 +474,18 @@ async fn a_shard_whose_topics_are_all_rejected_does_not_spin() {
     assert_eq!(count(RequestKind::WebsocketConnect), 1, "no reconnect loop");
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_subscribe_or_connect_never_leaves_an_empty_channel_in_use() {
+    let emu = emulator(quick_emulator()).await;
+    let topics = emu.sample_topics(6);
+    emu.fail_next(RequestKind::Subscriptions, 1, Failure::Status { status: 503 });
+    emu.fail_next(RequestKind::WebsocketConnect, 1, Failure::Status { status: 502 });
+    let m = Manager::start(settings(&emu, &topics, |_| {}));
+    // Subscribed for real (the emulator says so), not just "connected".
+    covered(&emu, &topics).await;
+    stream_through(&emu, &topics, Duration::from_secs(2), || {}, Duration::from_millis(500)).await;
+    let out = m.stop().await;
+    assert_no_loss(&emu, &out, false);
+    emu.shutdown().await;
+}

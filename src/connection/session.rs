@@ -362,27 +362,26 @@ impl Session<'_> {
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
-        if socket.send(Message::Close(None)).await.is_err() {
-            return;
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        match tokio::time::timeout_at(deadline, socket.send(Message::Close(None))).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
-        let drain = async {
-            while let Some(Ok(message)) = socket.next().await {
-                match message {
-                    Message::Text(text) => {
-                        let is_event =
-                            matches!(frame::classify(text.as_str()), Frame::Notification(_));
-                        if is_event && !self.forward(text.into(), SystemTime::now()).await {
-                            return;
-                        }
+        // Only the reads are bounded: a frame already read is handed on
+        // however long the pipeline takes to take it.
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, socket.next()).await {
+            match message {
+                Message::Text(text) => {
+                    let is_event = matches!(frame::classify(text.as_str()), Frame::Notification(_));
+                    if is_event && !self.forward(text.into(), SystemTime::now()).await {
+                        return;
                     }
-                    Message::Close(_) => return,
-                    _ => {}
                 }
+                Message::Close(_) => return,
+                _ => {}
             }
-        };
-        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
-            tracing::debug!(channel = %self.channel.id, "No close reply in time; dropping the socket.");
         }
+        tracing::debug!(channel = %self.channel.id, "Closing socket drained (or gave up at the deadline).");
     }
 }
 

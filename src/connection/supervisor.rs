@@ -71,6 +71,7 @@ pub async fn run(
                 standby: None,
                 rotation: None,
                 dormant: false,
+                standby_announced: None,
             };
             tasks.push(tokio::spawn(slot.run(cancel.clone())));
         }
@@ -232,6 +233,8 @@ struct Slot {
     rotation: Option<(Reason, Instant)>,
     /// Parked after the server showed it keeps one holder per topic.
     dormant: bool,
+    /// A move the standby announced before it was promoted.
+    standby_announced: Option<(Reason, &'static str)>,
 }
 
 impl Slot {
@@ -261,6 +264,7 @@ impl Slot {
     async fn run(mut self, cancel: CancellationToken) {
         self.active = Some(self.spawn(Plan::New, Duration::ZERO, None));
         let mut dormant_check = tokio::time::interval(Duration::from_secs(5));
+        dormant_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let rotate_at = self
                 .active
@@ -306,6 +310,8 @@ impl Slot {
                 if let Some(active) = self.active.as_mut() {
                     Self::receiving(&self.shard, active, channel, accepted, &rejected).await;
                 }
+                // The token may have changed while this channel was set up.
+                self.on_new_token();
             }
             SessionEvent::Planned { reason, detail } => self.on_planned(reason, detail),
             SessionEvent::Ended(ended) => {
@@ -333,21 +339,27 @@ impl Slot {
                 if self.dormant {
                     return;
                 }
-                if self.standby.is_some() || self.rotation.is_some() {
+                if self.standby.is_some() {
                     // A replacement is on its way; its arrival closes the gap.
-                    if self.rotation.is_some() && self.standby.is_none() {
-                        self.rotation = None;
-                        self.recover(ended);
-                    }
                     return;
                 }
-                self.recover(ended);
+                // A move was planned because this channel is going away
+                // (topics moved off it, its token is stale): never reuse it.
+                let reusable = !matches!(
+                    self.rotation.take(),
+                    Some((Reason::ChannelGone | Reason::TokenRefresh, _))
+                );
+                self.recover(ended, reusable);
             }
         }
     }
 
-    /// Starts a replacement for a session that ended without a standby.
-    fn recover(&mut self, ended: Ended) {
+    /// Starts a replacement for a session that ended without a standby. The
+    /// old channel is reused (after a HEAD) only when its socket had been
+    /// receiving: then its subscriptions are known to live on the server. A
+    /// channel whose set-up failed may never have been subscribed, or may be
+    /// dead while HEAD still says 200; it is replaced.
+    fn recover(&mut self, ended: Ended, reusable: bool) {
         let delay = self.backoff.next_delay(ended.retry_after);
         if ended.reason.is_none() {
             match &ended.channel {
@@ -361,8 +373,10 @@ impl Slot {
             }
         }
         let plan = match (ended.reason, ended.channel) {
-            (Some(Reason::ChannelGone), _) | (_, None) => Plan::New,
-            (_, Some(channel)) => Plan::Check(channel),
+            (Some(reason), Some(channel)) if reusable && reason != Reason::ChannelGone => {
+                Plan::Check(channel)
+            }
+            _ => Plan::New,
         };
         self.active = Some(self.spawn(plan, delay, None));
     }
@@ -378,6 +392,17 @@ impl Slot {
                 let Some(mut standby) = self.standby.take() else {
                     return;
                 };
+                let old_receiving = self.active.as_ref().is_some_and(|a| a.receiving);
+                if accepted == 0 && old_receiving {
+                    // The new channel would receive nothing: keep the old one.
+                    events::all_topics_rejected(self.shard.index);
+                    drop(standby.stop());
+                    if let Some((reason, _)) = self.rotation {
+                        let delay = self.backoff.next_delay(None);
+                        self.rotation = Some((reason, Instant::now() + delay));
+                    }
+                    return;
+                }
                 Self::receiving(&self.shard, &mut standby, channel, accepted, &rejected).await;
                 let reason = self
                     .rotation
@@ -392,12 +417,19 @@ impl Slot {
                     }
                     drop(old.stop());
                 }
+                if let Some((reason, detail)) = self.standby_announced.take() {
+                    self.plan_rotation(reason, detail);
+                }
+                self.on_new_token();
             }
             SessionEvent::Planned { reason, detail } => {
-                tracing::debug!(shard = self.shard.index, reason = %reason, detail, "Standby announced a move before receiving.");
+                // Acted on once it is the active one (it is still receiving
+                // until the server closes it).
+                self.standby_announced = Some((reason, detail));
             }
             SessionEvent::Ended(ended) => {
                 self.standby = None;
+                self.standby_announced = None;
                 let delay = self.backoff.next_delay(ended.retry_after);
                 tracing::warn!(shard = self.shard.index, error = %ended.detail, retry_in_ms = delay.as_millis() as u64, "Standby channel failed; retrying.");
                 match (&self.active, self.rotation) {

@@ -190,7 +190,9 @@ impl Auth {
                     value: Secret::new(reply.access_token),
                     generation: state.generation,
                     issued_at,
-                    expires_at: issued_at + Duration::from_secs(reply.expires_in.max(1)),
+                    // Clamped: a nonsense lifetime must not overflow the clock.
+                    expires_at: issued_at
+                        + Duration::from_secs(reply.expires_in.clamp(1, 7 * 86_400)),
                 });
                 state.current = Some(token.clone());
                 state.not_before = None;

@@ -16,8 +16,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode as Code;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -114,11 +114,26 @@ pub async fn watch_reachability(producer: FutureProducer, cancel: CancellationTo
     }
 }
 
-/// A delivery's outcome; `Err(None)` if the report was lost with the producer.
-type Pending = (
-    Option<SystemTime>,
-    Result<(), Option<(KafkaError, OwnedMessage)>>,
-);
+/// A delivery's outcome with its record (kept for a retry); `Err(None)` if
+/// the report was lost with the producer.
+type Pending = (Record, Result<(), Option<KafkaError>>);
+
+/// Errors no retry can fix: the record is dropped (counted, logged) rather
+/// than wedging the sink behind it.
+fn permanent(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::TopicAuthorizationFailed
+                | C::InvalidTopic
+                | C::InvalidRecord
+        )
+    )
+}
 
 /// Produces every record until the input closes and every delivery is
 /// reported, or until `deadline` fires (then flushes what it can and says
@@ -131,7 +146,7 @@ pub async fn run(
     deadline: CancellationToken,
 ) {
     let mut in_flight = FuturesUnordered::new();
-    let mut retries: VecDeque<(Instant, Option<SystemTime>, OwnedMessage)> = VecDeque::new();
+    let mut retries: VecDeque<(Instant, Record)> = VecDeque::new();
     let mut input_open = true;
     let gauge = &metrics().buffered_events;
     loop {
@@ -140,46 +155,40 @@ pub async fn run(
         if !input_open && waiting == 0 {
             break;
         }
-        let retry_at = retries.front().map(|(at, _, _)| *at);
+        let retry_at = retries.front().map(|(at, _)| *at);
         tokio::select! {
             biased;
             () = deadline.cancelled() => {
-                let left = waiting;
                 let flushed = tokio::task::spawn_blocking({
                     let p = producer.clone();
-                    move || p.flush(Duration::from_secs(1))
-                }).await;
-                tracing::error!(undelivered = left, flushed = ?flushed.map(|r| r.is_ok()).ok(), "Shutdown deadline reached with events not yet acknowledged by Kafka.");
+                    move || p.flush(Duration::from_secs(1)).is_ok()
+                }).await.unwrap_or(false);
+                metrics().events_dropped.with_label_values(&["shutdown"]).inc_by(waiting as u64);
+                tracing::error!(undelivered = waiting, flushed, "Shutdown deadline reached with events not yet acknowledged by Kafka.");
                 return;
             }
-            Some((received_at, result)) = in_flight.next() => {
-                let (received_at, result): Pending = (received_at, result);
+            Some((record, result)) = in_flight.next() => {
+                let (record, result): Pending = (record, result);
                 match result {
                     Ok(()) => {
-                        if received_at.is_some() {
-                            events::published(1, received_at.and_then(|t| SystemTime::now().duration_since(t).ok()));
+                        if let Some(at) = record.received_at {
+                            events::published(1, SystemTime::now().duration_since(at).ok());
                         }
                     }
-                    Err(Some((error, message))) => {
-                        events::delivery_error(message.topic(), &error.to_string());
-                        retries.push_back((Instant::now() + RETRY_DELAY, received_at, message));
+                    Err(Some(error)) if permanent(&error) => {
+                        events::dropped("kafka_rejected", &record.topic);
+                        tracing::error!(topic = %record.topic, error = %error, "Kafka refused the record for good.");
                     }
-                    Err(None) => tracing::error!("A delivery report was lost with the producer."),
+                    Err(error) => {
+                        let text = error.map_or_else(|| "delivery report lost".to_owned(), |e| e.to_string());
+                        events::delivery_error(&record.topic, &text);
+                        retries.push_back((Instant::now() + RETRY_DELAY, record));
+                    }
                 }
             }
             () = sleep_until_opt(retry_at) => {
-                if let Some((_, received_at, message)) = retries.pop_front() {
-                    let record = FutureRecord::to(message.topic());
-                    let record = match message.payload() { Some(p) => record.payload(p), None => record };
-                    let record = match message.key() { Some(k) => record.key(k), None => record };
-                    let record = match message.headers() { Some(h) => record.headers(h.clone()), None => record };
-                    match producer.send_result(record) {
-                        Ok(delivery) => in_flight.push(track(received_at, delivery)),
-                        Err((_, _)) => {
-                            let at = Instant::now() + Duration::from_millis(50);
-                            retries.push_front((at, received_at, message));
-                        }
-                    }
+                if let Some((_, record)) = retries.pop_front() {
+                    produce(&producer, record, &mut in_flight, track, &mut retries);
                 }
             }
             record = input.recv(), if input_open && (waiting < buffer || overflow == OverflowPolicy::DropNewest) => {
@@ -187,30 +196,12 @@ pub async fn run(
                     input_open = false;
                     continue;
                 };
-                if waiting >= buffer {
+                // Gap markers are never dropped: they are how consumers learn to resync.
+                if waiting >= buffer && record.is_event() {
                     events::dropped("overflow", &record.topic);
                     continue;
                 }
-                let mut pending = rebuild(&record);
-                loop {
-                    match producer.send_result(pending) {
-                        Ok(delivery) => {
-                            in_flight.push(track(record.received_at, delivery));
-                            break;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            // librdkafka's own queue is full: wait for reports, never drop.
-                            pending = back;
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        Err((error, _)) => {
-                            events::delivery_error(&record.topic, &error.to_string());
-                            tokio::time::sleep(RETRY_DELAY).await;
-                            // Rebuild: the failed record was consumed by the error.
-                            pending = rebuild(&record);
-                        }
-                    }
-                }
+                produce(&producer, record, &mut in_flight, track, &mut retries);
             }
         }
     }
@@ -218,7 +209,38 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
 }
 
-fn rebuild(record: &Record) -> FutureRecord<'_, [u8], [u8]> {
+/// Hands one record to librdkafka; a full local queue or a transient error
+/// puts it on the retry queue (the sink's loop never blocks on it).
+fn produce<F>(
+    producer: &FutureProducer,
+    record: Record,
+    in_flight: &mut FuturesUnordered<F>,
+    track: impl FnOnce(Record, DeliveryFuture) -> F,
+    retries: &mut VecDeque<(Instant, Record)>,
+) {
+    let error = match producer.send_result(future_record(&record)) {
+        Ok(delivery) => {
+            in_flight.push(track(record, delivery));
+            return;
+        }
+        Err((error, _)) => error,
+    };
+    if matches!(
+        error,
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+    ) {
+        // librdkafka's own queue is full: wait for reports, never drop.
+        retries.push_front((Instant::now() + Duration::from_millis(5), record));
+    } else if permanent(&error) {
+        events::dropped("kafka_rejected", &record.topic);
+        tracing::error!(topic = %record.topic, error = %error, "Kafka refused the record for good.");
+    } else {
+        events::delivery_error(&record.topic, &error.to_string());
+        retries.push_back((Instant::now() + RETRY_DELAY, record));
+    }
+}
+
+fn future_record(record: &Record) -> FutureRecord<'_, [u8], [u8]> {
     let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
     for (key, value) in &record.headers {
         headers = headers.insert(Header {
@@ -235,15 +257,12 @@ fn rebuild(record: &Record) -> FutureRecord<'_, [u8], [u8]> {
     }
 }
 
-async fn track(
-    received_at: Option<SystemTime>,
-    delivery: rdkafka::producer::DeliveryFuture,
-) -> Pending {
+async fn track(record: Record, delivery: DeliveryFuture) -> Pending {
     match delivery.await {
-        Ok(Ok(_)) => (received_at, Ok(())),
-        Ok(Err(failed)) => (received_at, Err(Some(failed))),
+        Ok(Ok(_)) => (record, Ok(())),
+        Ok(Err((error, _message))) => (record, Err(Some(error))),
         // The producer was dropped: cannot happen while this sink holds it.
-        Err(_canceled) => (received_at, Err(None)),
+        Err(_canceled) => (record, Err(None)),
     }
 }
 
