@@ -884,7 +884,8 @@ mod tests {
     #[test]
     fn kafka_credentials_are_masked() {
         let mut k = KafkaSection::default();
-        k.properties.insert("sasl.password".into(), "hunter2".into());
+        k.properties
+            .insert("sasl.password".into(), "hunter2".into());
         k.properties.insert("linger.ms".into(), "5".into());
         let debug = format!("{k:?}");
         let json = serde_json::to_string(&k).expect("serializes");

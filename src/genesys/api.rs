@@ -125,6 +125,9 @@ pub struct Api {
     http: reqwest::Client,
     base: Arc<str>,
     auth: Auth,
+    /// No call before this instant: a 429's Retry-After holds for every
+    /// shard, not only the one that got it.
+    not_before: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl Api {
@@ -133,6 +136,7 @@ impl Api {
             http,
             base: api_base_url.trim_end_matches('/').into(),
             auth,
+            not_before: Arc::default(),
         }
     }
 
@@ -211,6 +215,10 @@ impl Api {
         let mut token = self.auth.token().await?;
         let mut refreshed = false;
         loop {
+            let wait = self.not_before.lock().ok().and_then(|t| *t);
+            if let Some(at) = wait {
+                tokio::time::sleep_until(at).await;
+            }
             let response = build()
                 .header(reqwest::header::AUTHORIZATION, token.bearer())
                 .send()
@@ -226,6 +234,13 @@ impl Api {
                 continue;
             }
             let retry_after = retry_after(response.headers());
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let until =
+                    tokio::time::Instant::now() + retry_after.unwrap_or(Duration::from_secs(1));
+                if let Ok(mut not_before) = self.not_before.lock() {
+                    *not_before = Some(not_before.map_or(until, |t| t.max(until)));
+                }
+            }
             let code = response
                 .json::<ErrorBody>()
                 .await

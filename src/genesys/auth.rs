@@ -21,6 +21,9 @@ use crate::config::{ReconnectSection, Secret};
 use crate::connection::backoff::Backoff;
 use crate::telemetry::events;
 
+/// A token younger than this is not replaced because of a 401.
+const FRESH: Duration = Duration::from_secs(30);
+
 /// An access token. `Debug` never shows it.
 pub struct Token {
     value: Secret,
@@ -164,7 +167,9 @@ impl Auth {
     pub async fn refresh(&self, stale: &Token) -> Result<Arc<Token>, AuthError> {
         let mut state = self.inner.state.lock().await;
         if let Some(token) = &state.current {
-            if token.generation != stale.generation {
+            // A 401 with a token this fresh is not about the token: asking
+            // for another would only hammer the login server.
+            if token.generation != stale.generation || token.issued_at.elapsed() < FRESH {
                 return Ok(token.clone());
             }
         }
