@@ -139,18 +139,7 @@ async fn socket_closing_moves_make_before_break() {
     )
     .await;
     let out = m.stop().await;
-    assert_no_loss(&emu, &out, true);
-    assert!(
-        out.gaps().is_empty(),
-        "planned move made a gap: {:?}",
-        out.gaps()
-    );
-    for t in &topics {
-        assert!(
-            gaps_before_stop(&emu, &out, t).is_empty(),
-            "emulator saw {t} uncovered"
-        );
-    }
+    assert_clean_move(&emu, &out, &topics);
     let now: Vec<String> = emu
         .channels()
         .into_iter()
@@ -183,8 +172,7 @@ async fn channel_expiry_rotates_before_the_channel_dies() {
     )
     .await;
     let out = m.stop().await;
-    assert_no_loss(&emu, &out, true);
-    assert!(out.gaps().is_empty(), "{:?}", out.gaps());
+    assert_clean_move(&emu, &out, &topics);
     let channels = emu.channels();
     assert!(
         channels.len() >= 3,
@@ -204,12 +192,6 @@ async fn channel_expiry_rotates_before_the_channel_dies() {
                 c.id
             );
         }
-    }
-    for t in &topics {
-        assert!(
-            gaps_before_stop(&emu, &out, t).is_empty(),
-            "emulator saw {t} uncovered"
-        );
     }
     emu.shutdown().await;
 }
@@ -233,8 +215,7 @@ async fn token_expiry_moves_channels_to_the_new_token() {
     )
     .await;
     let out = m.stop().await;
-    assert_no_loss(&emu, &out, true);
-    assert!(out.gaps().is_empty(), "{:?}", out.gaps());
+    assert_clean_move(&emu, &out, &topics);
     let tokens = emu
         .requests()
         .iter()
@@ -244,13 +225,20 @@ async fn token_expiry_moves_channels_to_the_new_token() {
         tokens >= 3,
         "refreshed ahead of expiry: {tokens} token requests"
     );
-    for t in &topics {
+    emu.shutdown().await;
+}
+
+/// A planned move (or a covered drop) must lose nothing and leave no gap,
+/// in the bridge's view and in the emulator's.
+fn assert_clean_move(emu: &Emulator, out: &Collected, topics: &[String]) {
+    assert_no_loss(emu, out, true);
+    assert!(out.gaps().is_empty(), "a gap: {:?}", out.gaps());
+    for t in topics {
         assert!(
-            gaps_before_stop(&emu, &out, t).is_empty(),
+            gaps_before_stop(emu, out, t).is_empty(),
             "emulator saw {t} uncovered"
         );
     }
-    emu.shutdown().await;
 }
 
 /// The emulator's gaps for `topic`, but for the one the manager's own stop opens.
@@ -362,11 +350,7 @@ async fn redundancy_two_loses_nothing_on_a_single_drop() {
     let out = m.stop().await;
     // Both channels deliver every event: duplicates are expected here (the
     // pipeline's dedup removes them), losses are not.
-    assert_no_loss(&emu, &out, true);
-    assert!(out.gaps().is_empty(), "{:?}", out.gaps());
-    for t in &topics {
-        assert!(gaps_before_stop(&emu, &out, t).is_empty());
-    }
+    assert_clean_move(&emu, &out, &topics);
     emu.shutdown().await;
 }
 
@@ -479,12 +463,27 @@ async fn a_shard_whose_topics_are_all_rejected_does_not_spin() {
 async fn a_failed_subscribe_or_connect_never_leaves_an_empty_channel_in_use() {
     let emu = emulator(quick_emulator()).await;
     let topics = emu.sample_topics(6);
-    emu.fail_next(RequestKind::Subscriptions, 1, Failure::Status { status: 503 });
-    emu.fail_next(RequestKind::WebsocketConnect, 1, Failure::Status { status: 502 });
+    emu.fail_next(
+        RequestKind::Subscriptions,
+        1,
+        Failure::Status { status: 503 },
+    );
+    emu.fail_next(
+        RequestKind::WebsocketConnect,
+        1,
+        Failure::Status { status: 502 },
+    );
     let m = Manager::start(settings(&emu, &topics, |_| {}));
     // Subscribed for real (the emulator says so), not just "connected".
     covered(&emu, &topics).await;
-    stream_through(&emu, &topics, Duration::from_secs(2), || {}, Duration::from_millis(500)).await;
+    stream_through(
+        &emu,
+        &topics,
+        Duration::from_secs(2),
+        || {},
+        Duration::from_millis(500),
+    )
+    .await;
     let out = m.stop().await;
     assert_no_loss(&emu, &out, false);
     emu.shutdown().await;

@@ -30,6 +30,27 @@ fn section(brokers: &str, prefix: &str) -> KafkaSection {
     }
 }
 
+/// Creates `topic` and runs a sink into it; returns its input and task.
+async fn start_sink(
+    kafka_cfg: &KafkaSection,
+    topic: &str,
+    buffer: usize,
+) -> (mpsc::Sender<Record>, tokio::task::JoinHandle<()>) {
+    kafka::create_topics(kafka_cfg, &[topic.to_owned()])
+        .await
+        .expect("topics created");
+    let producer = kafka::producer(kafka_cfg).expect("producer");
+    let (tx, rx) = mpsc::channel(64);
+    let sink = tokio::spawn(kafka::run(
+        producer,
+        rx,
+        buffer,
+        OverflowPolicy::Block,
+        CancellationToken::new(),
+    ));
+    (tx, sink)
+}
+
 fn record(topic: &str, key: &str, n: usize) -> Record {
     Record {
         topic: Arc::from(topic),
@@ -65,18 +86,7 @@ async fn records_land_on_javas_partition_with_headers_and_value() {
     let prefix = unique_prefix("sink");
     let topic = format!("{prefix}.users.presence");
     let kafka_cfg = section(&brokers, &prefix);
-    kafka::create_topics(&kafka_cfg, std::slice::from_ref(&topic))
-        .await
-        .expect("topics created");
-    let producer = kafka::producer(&kafka_cfg).expect("producer");
-    let (tx, rx) = mpsc::channel(64);
-    let sink = tokio::spawn(kafka::run(
-        producer,
-        rx,
-        1000,
-        OverflowPolicy::Block,
-        CancellationToken::new(),
-    ));
+    let (tx, sink) = start_sink(&kafka_cfg, &topic, 1000).await;
     let keys: Vec<String> = (0..60)
         .map(|i| uuid::Uuid::from_u128(i * 7919 + 1).to_string())
         .collect();
@@ -133,18 +143,7 @@ async fn broker_down_for_ten_seconds_loses_and_duplicates_nothing() {
     kafka_cfg
         .properties
         .insert("max.in.flight.requests.per.connection".into(), "1".into());
-    kafka::create_topics(&kafka_cfg, std::slice::from_ref(&topic))
-        .await
-        .expect("topics created");
-    let producer = kafka::producer(&kafka_cfg).expect("producer");
-    let (tx, rx) = mpsc::channel(64);
-    let sink = tokio::spawn(kafka::run(
-        producer,
-        rx,
-        10_000,
-        OverflowPolicy::Block,
-        CancellationToken::new(),
-    ));
+    let (tx, sink) = start_sink(&kafka_cfg, &topic, 10_000).await;
     let total = 3000;
     let feeder = tokio::spawn(async move {
         for n in 0..total {
