@@ -488,3 +488,31 @@ async fn a_failed_subscribe_or_connect_never_leaves_an_empty_channel_in_use() {
     assert_no_loss(&emu, &out, false);
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_the_socket_upgrade_is_honoured_too() {
+    let emu = emulator(quick_emulator()).await;
+    let topics = emu.sample_topics(3);
+    emu.fail_next(
+        RequestKind::WebsocketConnect,
+        1,
+        Failure::TooManyRequests {
+            retry_after_secs: 3,
+        },
+    );
+    let m = Manager::start(settings(&emu, &topics, |_| {}));
+    covered(&emu, &topics).await;
+    m.stop().await;
+    let connects: Vec<_> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::WebsocketConnect)
+        .collect();
+    assert_eq!(connects[0].status, 429);
+    let waited = secs_between(connects[1].at, connects[0].at);
+    assert!(
+        waited >= 3.0,
+        "upgrade retried {waited:.3}s after a 429 with Retry-After: 3"
+    );
+    emu.shutdown().await;
+}

@@ -41,6 +41,7 @@ async fn no_secret_token_or_connect_uri_in_trace_logs() {
         LogFormat::Json,
         tracing_subscriber::EnvFilter::new("trace"),
         move || writer.clone(),
+        false,
     );
 
     let emu = emulator(EmuConfig {

@@ -164,7 +164,16 @@ impl Session<'_> {
         };
         let socket = match result {
             Ok(Ok((socket, _response))) => socket,
-            Ok(Err(e)) => return Some(self.failed(describe(&e))),
+            Ok(Err(e)) => {
+                // A refused upgrade may say when to come back.
+                let retry_after = match &e {
+                    WsError::Http(response) => crate::genesys::retry_after(response.headers()),
+                    _ => None,
+                };
+                let mut ended = self.failed(describe(&e));
+                ended.retry_after = retry_after;
+                return Some(ended);
+            }
             Err(_) => return Some(self.failed("connect timed out".into())),
         };
         self.run(socket, cancel).await

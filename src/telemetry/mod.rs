@@ -21,12 +21,18 @@ use crate::config::LogFormat;
 pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    init_logging_with(format, filter, std::io::stderr);
+    use std::io::IsTerminal;
+    init_logging_with(
+        format,
+        filter,
+        std::io::stderr,
+        std::io::stderr().is_terminal(),
+    );
 }
 
 /// [`init_logging`] with an explicit filter and writer (tests capture logs
 /// with it). A second call keeps the first subscriber.
-pub fn init_logging_with<W>(format: LogFormat, filter: EnvFilter, writer: W)
+pub fn init_logging_with<W>(format: LogFormat, filter: EnvFilter, writer: W, ansi: bool)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -39,7 +45,9 @@ where
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(never_secrets);
-    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Json => registry.with(layer.json().flatten_event(true)).try_init(),
         LogFormat::Pretty => registry.with(layer).try_init(),
