@@ -35,4 +35,6 @@ step "cargo test"
 cargo test --workspace
 step "emulator fidelity against Genesys' Python SDK"
 scripts/sdk-fidelity.sh
+step "observability: promtool, a real Prometheus, the dashboard's queries, the Helm chart, hadolint"
+scripts/observability-check.sh
 step "all checks passed"
