@@ -23,6 +23,8 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "installing the local broker (cached after the first run)"
 scripts/kafka-dev.sh install >/dev/null
+# A port something else holds (another checkout's broker) is skipped.
+while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do PORT=$((PORT + 1)); done
 step "starting the shared test broker on 127.0.0.1:$PORT"
 scripts/kafka-dev.sh start --port "$PORT"
 export TEST_KAFKA_BROKERS="127.0.0.1:$PORT"
