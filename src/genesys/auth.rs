@@ -21,9 +21,6 @@ use crate::config::{ReconnectSection, Secret};
 use crate::connection::backoff::Backoff;
 use crate::telemetry::events;
 
-/// A token younger than this is not replaced because of a 401.
-const FRESH: Duration = Duration::from_secs(30);
-
 /// An access token. `Debug` never shows it.
 pub struct Token {
     value: Secret,
@@ -167,9 +164,10 @@ impl Auth {
     pub async fn refresh(&self, stale: &Token) -> Result<Arc<Token>, AuthError> {
         let mut state = self.inner.state.lock().await;
         if let Some(token) = &state.current {
-            // A 401 with a token this fresh is not about the token: asking
-            // for another would only hammer the login server.
-            if token.generation != stale.generation || token.issued_at.elapsed() < FRESH {
+            // Someone else already replaced it: a burst of 401s costs one
+            // request. (A fresh token is not trusted over a 401: a revoked
+            // token is fresh too. Callers retry at their backoff's pace.)
+            if token.generation != stale.generation {
                 return Ok(token.clone());
             }
         }
