@@ -110,6 +110,8 @@ pub async fn run(
     // bridge taking frames it can no longer publish: stop the whole process
     // instead, so that the orchestrator restarts it and the gap is visible.
     let failed = tokio::select! {
+        // Shutdown first: once it is asked for, stages ending is the plan.
+        biased;
         () = shutdown.cancelled() => None,
         _ = &mut pipeline => Some("pipeline"),
         _ = &mut sink => Some("sink"),

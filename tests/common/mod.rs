@@ -119,6 +119,19 @@ pub fn read_all(
     out
 }
 
+/// Waits (up to `patience` of silence) until `at_least` records are in, then
+/// reads everything once more: a duplicate must not hide a missing record
+/// by filling the count.
+pub fn read_settled(
+    brokers: &str,
+    topics: &[String],
+    at_least: usize,
+    patience: Duration,
+) -> Vec<OwnedMessage> {
+    read_all(brokers, topics, at_least, patience);
+    read_all(brokers, topics, usize::MAX, Duration::from_secs(3))
+}
+
 pub fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a [u8]> {
     use rdkafka::message::Headers;
     let headers = m.headers()?;
