@@ -25,3 +25,4 @@ pub mod genesys;
 pub mod pipeline;
 pub mod sink;
 pub mod telemetry;
+mod timer;

@@ -29,6 +29,7 @@ use crate::event::{Gap, Inbound, Reason};
 use crate::genesys::api::Channel;
 use crate::genesys::auth::Token;
 use crate::telemetry::{events, metrics};
+use crate::timer::sleep_until_opt;
 
 /// Splits topics into shards of at most 1,000 (the per-channel limit).
 pub fn shards(topics: &[String]) -> Vec<Arc<[String]>> {
@@ -559,11 +560,4 @@ fn rotation_time(channel: &Channel) -> Option<Instant> {
     let left = channel.expires?.duration_since(SystemTime::now()).ok()?;
     let margin = (left / 4).min(Duration::from_secs(300));
     Some(Instant::now() + left - margin)
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::Record;
 use crate::config::{KafkaSection, OverflowPolicy};
 use crate::telemetry::{events, metrics};
+use crate::timer::sleep_until_opt;
 
 /// A retried delivery waits this long first, so a broken topic is not a hot loop.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -263,12 +264,5 @@ async fn track(record: Record, delivery: DeliveryFuture) -> Pending {
         Ok(Err((error, _message))) => (record, Err(Some(error))),
         // The producer was dropped: cannot happen while this sink holds it.
         Err(_canceled) => (record, Err(None)),
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
