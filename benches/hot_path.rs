@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -15,6 +14,7 @@ use genesys_kafka_bridge::genesys::frame::{self, Frame};
 use genesys_kafka_bridge::genesys::topic;
 use genesys_kafka_bridge::pipeline::dedup::Dedup;
 use genesys_kafka_bridge::pipeline::route::Router;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 const PRESENCE: &str = r#"{"topicName":"v2.users.7b8e4a6c-2f0d-4b8e-9d1a-0c3e5f7a9b1d.presence","version":"2","eventBody":{"source":"PURECLOUD","presenceDefinition":{"id":"6a3af858-942f-489d-9700-5f9bcdcdae9b","systemPresence":"Available"},"message":"","modifiedDate":"2026-11-28T10:00:00.000Z","emulatorSequence":1},"metadata":{"CorrelationId":"26b2689f-bfef-478d-ad8e-8c7ffed0cafe"}}"#;
 
@@ -49,13 +49,14 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(Dedup::fingerprint(black_box(n.topic), black_box(n.body))))
         });
         let mut router = Router::new("genesys", BTreeMap::new());
-        let notification = Notification {
-            raw: Bytes::from(text.to_owned()),
-            channel: Arc::from("streaming-0-bench"),
-            received_at: SystemTime::now(),
-        };
+        let notification = Notification::parse(
+            Utf8Bytes::from(text.to_owned()),
+            Arc::from("streaming-0-bench"),
+            SystemTime::now(),
+        )
+        .expect("a notification");
         group.bench_function(format!("route/{name}"), |b| {
-            b.iter(|| black_box(router.event(black_box(&notification), black_box(&n))))
+            b.iter(|| black_box(router.event(black_box(&notification))))
         });
     }
     // A full window: 100,000 fingerprints, the default capacity.

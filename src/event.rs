@@ -1,19 +1,92 @@
 //! The values that cross stages: what the connection manager hands the
 //! pipeline. They live here so that no stage imports another to get them.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// One notification frame as it came off a socket.
+use crate::genesys::frame;
+
+/// One notification frame as it came off a socket, parsed once: the socket
+/// loop had to classify it anyway, so the places of its parts travel with
+/// it and later stages slice instead of parsing again.
 #[derive(Debug, Clone)]
 pub struct Notification {
     /// The frame, byte for byte (it becomes the Kafka value unchanged).
-    pub raw: Bytes,
+    text: Utf8Bytes,
+    spans: Spans,
     /// The channel whose socket delivered it.
     pub channel: Arc<str>,
     pub received_at: SystemTime,
+}
+
+/// Where a notification's parts are in its frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spans {
+    topic: Range<usize>,
+    body: Range<usize>,
+    correlation_id: Option<Range<usize>>,
+}
+
+impl Spans {
+    /// The places of `parsed`'s parts in `text`; `None` unless `parsed` was
+    /// parsed from `text` (its parts are slices of it).
+    pub fn of(text: &str, parsed: &frame::Notification<'_>) -> Option<Self> {
+        Some(Self {
+            topic: span(text, parsed.topic)?,
+            body: span(text, parsed.body)?,
+            correlation_id: match parsed.correlation_id {
+                Some(c) => Some(span(text, c)?),
+                None => None,
+            },
+        })
+    }
+}
+
+fn span(outer: &str, inner: &str) -> Option<Range<usize>> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start.checked_add(inner.len())?;
+    (end <= outer.len() && outer.is_char_boundary(start) && outer.is_char_boundary(end))
+        .then_some(start..end)
+}
+
+impl Notification {
+    pub fn new(text: Utf8Bytes, spans: Spans, channel: Arc<str>, received_at: SystemTime) -> Self {
+        Self {
+            text,
+            spans,
+            channel,
+            received_at,
+        }
+    }
+
+    /// Parses `text`; `None` if it is not a notification.
+    pub fn parse(text: Utf8Bytes, channel: Arc<str>, received_at: SystemTime) -> Option<Self> {
+        let spans = match frame::classify(text.as_str()) {
+            frame::Frame::Notification(parsed) => Spans::of(text.as_str(), &parsed)?,
+            _ => return None,
+        };
+        Some(Self::new(text, spans, channel, received_at))
+    }
+
+    /// The frame, byte for byte (shares the buffer, copies nothing).
+    pub fn raw(&self) -> Bytes {
+        self.text.clone().into()
+    }
+
+    /// The frame's topic, body and correlation id, as slices of it.
+    pub fn parts(&self) -> frame::Notification<'_> {
+        let text = self.text.as_str();
+        let at = |r: &Range<usize>| text.get(r.clone()).unwrap_or_default();
+        frame::Notification {
+            topic: at(&self.spans.topic),
+            body: at(&self.spans.body),
+            correlation_id: self.spans.correlation_id.as_ref().map(at),
+        }
+    }
 }
 
 /// An interval during which a shard's topics had no receiving socket:

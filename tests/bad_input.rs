@@ -97,7 +97,7 @@ async fn malformed_frames_are_counted_and_lose_nothing() {
     let well_formed_odd = out
         .items()
         .iter()
-        .filter(|i| matches!(i, Inbound::Event(n) if seq_of(&n.raw).is_none()))
+        .filter(|i| matches!(i, Inbound::Event(n) if seq_of(&n.raw()).is_none()))
         .count();
     assert!(well_formed_odd >= 2, "{well_formed_odd}");
     let connects = emu

@@ -8,15 +8,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{Inbound, Notification, Reason};
+use crate::event::{Inbound, Notification, Reason, Spans};
 use crate::genesys::api::{Api, ApiError, Channel};
 use crate::genesys::frame::{self, Frame};
 use crate::telemetry::{events, metrics};
@@ -280,8 +279,11 @@ impl Session<'_> {
                         None => break (Some(Reason::SocketError), "connection ended without a close frame".into(), SystemTime::now()),
                     };
                     match frame::classify(text.as_str()) {
-                        Frame::Notification(_) => {
-                            if !self.forward(text.into(), last_frame_wall).await {
+                        Frame::Notification(parsed) => {
+                            let Some(spans) = Spans::of(text.as_str(), &parsed) else {
+                                continue; // cannot happen: the parts are slices of the text
+                            };
+                            if !self.forward(text, spans, last_frame_wall).await {
                                 // The pipeline is gone: the process is shutting down.
                                 return None;
                             }
@@ -350,13 +352,9 @@ impl Session<'_> {
 
 impl Session<'_> {
     /// Hands one notification to the pipeline; false if the pipeline is gone.
-    async fn forward(&self, raw: Bytes, received_at: SystemTime) -> bool {
+    async fn forward(&self, text: Utf8Bytes, spans: Spans, received_at: SystemTime) -> bool {
         events::event_received();
-        let notification = Notification {
-            raw,
-            channel: self.channel.id.clone(),
-            received_at,
-        };
+        let notification = Notification::new(text, spans, self.channel.id.clone(), received_at);
         self.ctx
             .out
             .send(Inbound::Event(notification))
@@ -381,9 +379,14 @@ impl Session<'_> {
         while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, socket.next()).await {
             match message {
                 Message::Text(text) => {
-                    let is_event = matches!(frame::classify(text.as_str()), Frame::Notification(_));
-                    if is_event && !self.forward(text.into(), SystemTime::now()).await {
-                        return;
+                    let spans = match frame::classify(text.as_str()) {
+                        Frame::Notification(parsed) => Spans::of(text.as_str(), &parsed),
+                        _ => None,
+                    };
+                    if let Some(spans) = spans {
+                        if !self.forward(text, spans, SystemTime::now()).await {
+                            return;
+                        }
                     }
                 }
                 Message::Close(_) => return,
@@ -595,7 +598,7 @@ mod tests {
         let Some(Inbound::Event(n)) = rig.out.recv().await else {
             panic!("the event is forwarded");
         };
-        assert_eq!(&n.raw[..], event.as_bytes(), "byte for byte");
+        assert_eq!(&n.raw()[..], event.as_bytes(), "byte for byte");
         assert_eq!(&*n.channel, "streaming-0-test");
         let mut planned = None;
         while let Some(e) = rig.events.recv().await {

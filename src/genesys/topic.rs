@@ -89,6 +89,15 @@ struct BodyId<'a> {
 
 /// The `id` field of an event body, when it is a plain string.
 fn body_id(body: &str) -> Option<&str> {
+    // Genesys writes `id` first: then it is read without parsing the body
+    // (which is valid JSON: the frame parser checked it).
+    if let Some(rest) = body.strip_prefix(r#"{"id":""#) {
+        if let Some(end) = rest.find(['"', '\\']) {
+            if rest.as_bytes()[end] == b'"' {
+                return Some(&rest[..end]).filter(|id| !id.is_empty());
+            }
+        }
+    }
     serde_json::from_str::<BodyId<'_>>(body)
         .ok()
         .and_then(|b| b.id)
@@ -194,7 +203,37 @@ mod tests {
         assert!(!is_uuid("7b8e4a6cx2f0d-4b8e-9d1a-0c3e5f7a9b1d"));
     }
 
+    /// The full parse, which the leading-`id` shortcut must agree with.
+    fn body_id_parsed(body: &str) -> Option<&str> {
+        serde_json::from_str::<BodyId<'_>>(body)
+            .ok()
+            .and_then(|b| b.id)
+            .filter(|id| !id.is_empty())
+    }
+
+    #[test]
+    fn leading_id_shortcut_agrees_with_the_parse() {
+        for body in [
+            format!(r#"{{"id":"{C}","participants":[{{"id":"p1"}}]}}"#),
+            r#"{"id":"","x":1}"#.to_owned(),
+            r#"{"id":"a\"b","x":1}"#.to_owned(),
+            r#"{"id":"caf\u00e9"}"#.to_owned(),
+            r#"{"id":12,"x":1}"#.to_owned(),
+            r#"{"x":{"id":"inner"},"id":"outer"}"#.to_owned(),
+            r#"{ "id" : "spaced" }"#.to_owned(),
+            r#"["id"]"#.to_owned(),
+        ] {
+            assert_eq!(body_id(&body), body_id_parsed(&body), "{body}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn leading_id_shortcut_agrees_on_any_id(id in "[ -~]{0,40}", rest in "(,\"n\":[1-9][0-9]{0,4}){0,3}") {
+            let body = format!(r#"{{"id":{}{rest}}}"#, serde_json::to_string(&id).unwrap());
+            prop_assert_eq!(body_id(&body), body_id_parsed(&body));
+        }
+
         #[test]
         fn never_panics(topic in ".{0,120}", body in ".{0,120}") {
             let r = resource(&topic, &body);

@@ -10,7 +10,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::event::Inbound;
-use crate::genesys::frame::{self, Frame};
 use crate::sink::Record;
 use crate::telemetry::events;
 use dedup::Dedup;
@@ -25,18 +24,13 @@ pub async fn run(
     while let Some(item) = input.recv().await {
         let record = match item {
             Inbound::Event(notification) => {
-                let Ok(text) = std::str::from_utf8(&notification.raw) else {
-                    continue; // sessions only forward text frames
-                };
-                let Frame::Notification(frame) = frame::classify(text) else {
-                    continue;
-                };
-                let fingerprint = Dedup::fingerprint(frame.topic, frame.body);
+                let parts = notification.parts();
+                let fingerprint = Dedup::fingerprint(parts.topic, parts.body);
                 if !dedup.first_seen(fingerprint, Instant::now()) {
                     events::duplicate_dropped();
                     continue;
                 }
-                router.event(&notification, &frame)
+                router.event(&notification)
             }
             Inbound::Gap(gap) => router.gap(&gap),
         };

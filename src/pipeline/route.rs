@@ -11,7 +11,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::event::{Gap, Notification};
-use crate::genesys::frame::Notification as Frame;
 use crate::genesys::topic::{self, is_uuid};
 use crate::sink::Record;
 
@@ -25,6 +24,8 @@ pub struct Router {
     map: BTreeMap<String, String>,
     cache: HashMap<Box<str>, Arc<str>>,
     gaps_topic: Arc<str>,
+    /// The last channel seen, with its header value.
+    channel: Option<(Arc<str>, Bytes)>,
 }
 
 impl Router {
@@ -34,6 +35,7 @@ impl Router {
             map,
             cache: HashMap::new(),
             gaps_topic: format!("{prefix}.bridge.gaps").into(),
+            channel: None,
         }
     }
 
@@ -57,29 +59,27 @@ impl Router {
         name
     }
 
-    /// The record for one (deduplicated) notification.
-    pub fn event(&mut self, notification: &Notification, frame: &Frame<'_>) -> Record {
+    /// The record for one (deduplicated) notification. Its value and the
+    /// headers cut from the frame share the frame's buffer: nothing copied.
+    pub fn event(&mut self, notification: &Notification) -> Record {
+        let raw = notification.raw();
+        let frame = notification.parts();
         let resource = topic::resource(frame.topic, frame.body);
-        let mut headers = Vec::with_capacity(7);
-        headers.push((
-            "genesys-topic",
-            Bytes::copy_from_slice(frame.topic.as_bytes()),
-        ));
+        let cut = |part: &str| slice_of(&raw, part);
+        let mut headers = Vec::with_capacity(6);
+        headers.push(("genesys-topic", cut(frame.topic)));
         if let Some(c) = frame.correlation_id {
-            headers.push((
-                "genesys-correlation-id",
-                Bytes::copy_from_slice(c.as_bytes()),
-            ));
+            headers.push(("genesys-correlation-id", cut(c)));
         }
         headers.push((
             "genesys-channel-id",
-            Bytes::copy_from_slice(notification.channel.as_bytes()),
+            self.channel_header(&notification.channel),
         ));
         if let Some(id) = resource.id {
-            headers.push(("genesys-resource-id", Bytes::copy_from_slice(id.as_bytes())));
+            headers.push(("genesys-resource-id", cut(id)));
         }
         if let Some(q) = resource.queue_id {
-            headers.push(("genesys-queue-id", Bytes::copy_from_slice(q.as_bytes())));
+            headers.push(("genesys-queue-id", cut(q)));
         }
         headers.push((
             "bridge-received-at",
@@ -87,10 +87,22 @@ impl Router {
         ));
         Record {
             topic: self.kafka_topic(frame.topic),
-            key: resource.id.map(|id| Bytes::copy_from_slice(id.as_bytes())),
-            value: notification.raw.clone(),
+            key: resource.id.map(cut),
+            value: raw,
             headers,
             received_at: Some(notification.received_at),
+        }
+    }
+
+    /// The channel id as a header value, made once per channel.
+    fn channel_header(&mut self, channel: &Arc<str>) -> Bytes {
+        match &self.channel {
+            Some((id, bytes)) if Arc::ptr_eq(id, channel) || **id == **channel => bytes.clone(),
+            _ => {
+                let bytes = Bytes::copy_from_slice(channel.as_bytes());
+                self.channel = Some((channel.clone(), bytes.clone()));
+                bytes
+            }
         }
     }
 
@@ -121,6 +133,17 @@ impl Router {
             )],
             received_at: None,
         }
+    }
+}
+
+/// `part` of `raw` as a `Bytes` sharing its buffer (a copy if it is not a
+/// slice of it).
+fn slice_of(raw: &Bytes, part: &str) -> Bytes {
+    let start = (part.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize);
+    if start <= raw.len() && part.len() <= raw.len() - start {
+        raw.slice(start..start + part.len())
+    } else {
+        Bytes::copy_from_slice(part.as_bytes())
     }
 }
 
