@@ -3,6 +3,7 @@
 # local development.
 #
 #   scripts/kafka-dev.sh start|stop|status|restart [--port P] [--storage memory|sqlite]
+#                        [--advertise HOST:PORT]   # clients are sent here (a proxy)
 #   scripts/kafka-dev.sh install          # only install Tansu into the cache
 #   scripts/kafka-dev.sh topic NAME [PARTITIONS] [--port P]
 #
@@ -19,11 +20,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cmd="${1:-}"; shift || true
 port=9092
 storage=memory
+advertise=
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) port="$2"; shift 2 ;;
     --storage) storage="$2"; shift 2 ;;
+    --advertise) advertise="$2"; shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
 done
@@ -52,6 +55,11 @@ start() {
   if running; then echo "kafka-dev: already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return; fi
   if listening; then echo "kafka-dev: port $port is taken by another process" >&2; exit 1; fi
   mkdir -p "$state"
+  # The address clients are told to use (a proxy in front, say); a restart
+  # keeps the one given at the last start.
+  if [ -n "$advertise" ]; then echo "$advertise" >"$state/advertise"
+  elif [ -f "$state/advertise" ]; then advertise="$(cat "$state/advertise")"
+  else advertise="127.0.0.1:$port"; fi
   case "$storage" in
     memory) engine="memory://tansu/" ;;
     # Tansu resolves the sqlite path relative to its working directory.
@@ -60,7 +68,7 @@ start() {
   esac
   (cd "$state" && exec nohup "$TANSU" broker \
       --listener-url "tcp://127.0.0.1:$port" \
-      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://$advertise" \
       --storage-engine "$engine" >>"$state/tansu.log" 2>&1 < /dev/null) &
   echo $! >"$pidfile"
   echo "$storage" >"$state/storage"

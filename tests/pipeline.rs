@@ -385,27 +385,15 @@ async fn sigterm_mid_stream_leaves_nothing_received_behind() {
     let emu = emulator(quick_emulator()).await;
     let topics = emu.sample_topics(10);
     let prefix = unique_prefix("sigterm");
-    let dir = std::env::temp_dir().join(&prefix);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let topics_file = dir.join("topics.txt");
-    std::fs::write(&topics_file, topics.join("\n")).expect("topics file");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_genesys-kafka-bridge"))
-        .arg("run")
-        .env("GENESYS_CLIENT_ID", &emu.config().client_id)
-        .env("GENESYS_CLIENT_SECRET", &emu.config().client_secret)
-        .env("GENESYS_BRIDGE_GENESYS__API_BASE_URL", emu.base_url())
-        .env("GENESYS_BRIDGE_GENESYS__LOGIN_BASE_URL", emu.base_url())
-        .env("GENESYS_BRIDGE_GENESYS__TOPICS_FILE", &topics_file)
-        .env("GENESYS_BRIDGE_KAFKA__BROKERS", &brokers)
-        .env("GENESYS_BRIDGE_KAFKA__TOPIC_PREFIX", &prefix)
-        .env("GENESYS_BRIDGE_KAFKA__CREATE_TOPICS", "true")
-        .env("GENESYS_BRIDGE_KAFKA__REPLICATION_FACTOR", "1")
-        .env("GENESYS_BRIDGE_KAFKA__PARTITIONS", "3")
-        .env("GENESYS_BRIDGE_ADMIN__LISTEN", "")
-        .env("GENESYS_BRIDGE_LOG__FORMAT", "json")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("bridge binary starts");
+    let mut child = bridge_command(
+        &emu,
+        &topics,
+        &brokers,
+        &prefix,
+        &std::env::temp_dir().join(&prefix),
+    )
+    .spawn()
+    .expect("bridge binary starts");
     covered(&emu, &topics).await;
     let stop = CancellationToken::new();
     let publisher = publish_steadily(&emu, topics.clone(), 300, stop.clone());

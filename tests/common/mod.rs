@@ -41,10 +41,22 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn start(port: u16, storage: &str) -> Self {
+        Self::start_advertising(port, storage, &format!("127.0.0.1:{port}"))
+    }
+    /// A broker that tells its clients to connect to `advertise` (a proxy).
+    pub fn start_advertising(port: u16, storage: &str, advertise: &str) -> Self {
         let p = port.to_string();
         kafka_dev(&["stop", "--port", &p]);
         let _ = std::fs::remove_dir_all(repo().join(format!("target/kafka-dev/{port}")));
-        kafka_dev(&["start", "--port", &p, "--storage", storage]);
+        kafka_dev(&[
+            "start",
+            "--port",
+            &p,
+            "--storage",
+            storage,
+            "--advertise",
+            advertise,
+        ]);
         Self { port }
     }
     pub fn brokers(&self) -> String {
@@ -52,6 +64,23 @@ impl PrivateBroker {
     }
     pub fn stop(&self) {
         kafka_dev(&["stop", "--port", &self.port.to_string()]);
+    }
+    /// Restarts it (data kept) telling clients to come to it directly.
+    pub fn restart_advertising_itself(&self) {
+        let p = self.port.to_string();
+        self.stop();
+        let storage = std::fs::read_to_string(repo().join(format!("target/kafka-dev/{p}/storage")))
+            .unwrap_or_else(|_| "sqlite".into());
+        let advertise = format!("127.0.0.1:{p}");
+        kafka_dev(&[
+            "start",
+            "--port",
+            &p,
+            "--storage",
+            storage.trim(),
+            "--advertise",
+            &advertise,
+        ]);
     }
     pub fn restart_keeping_data(&self) {
         let p = self.port.to_string();
@@ -114,6 +143,79 @@ pub fn read_all(
             }
             Some(Err(e)) => eprintln!("consumer: {e}"),
             None => {}
+        }
+    }
+    out
+}
+
+/// Reads every record of `topics` from each partition's low to its high
+/// watermark: no waiting for silence, and nothing missed. One consumer per
+/// topic: Tansu 0.6.0 stops answering a consumer that fetches many large
+/// partitions at once.
+pub fn read_to_end(brokers: &str, topics: &[String]) -> Vec<OwnedMessage> {
+    // A consumer per topic, all at once: each takes a second or two.
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = topics
+            .iter()
+            .map(|topic| scope.spawn(move || read_topic_to_end(brokers, topic)))
+            .collect();
+        readers
+            .into_iter()
+            .flat_map(|r| r.join().expect("reader thread"))
+            .collect()
+    })
+}
+
+fn read_topic_to_end(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "genesys-bridge-tests")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .expect("consumer");
+    let mut out = Vec::new();
+    {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        let mut ends = std::collections::HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                    .expect("watermarks");
+                if high > low {
+                    ends.insert(p.id(), (low, high));
+                    assignment
+                        .add_partition_offset(topic, p.id(), Offset::Offset(low))
+                        .expect("partition");
+                }
+            }
+        }
+        if ends.is_empty() {
+            return out;
+        }
+        consumer.assign(&assignment).expect("assign");
+        let mut last = Instant::now();
+        while ends.values().any(|(next, high)| next < high)
+            && last.elapsed() < Duration::from_secs(30)
+        {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    if let Some(end) = ends.get_mut(&m.partition()) {
+                        end.0 = m.offset() + 1;
+                    }
+                    out.push(m.detach());
+                    last = Instant::now();
+                }
+                Some(Err(e)) => eprintln!("consumer: {e}"),
+                None => {}
+            }
+        }
+        for (partition, (next, high)) in ends {
+            assert!(next >= high, "{topic}/{partition} read to {next} of {high}");
         }
     }
     out
@@ -271,7 +373,7 @@ impl Collected {
             .expect("lock")
             .iter()
             .filter_map(|i| match i {
-                Inbound::Event(n) => seq_of(&n.raw),
+                Inbound::Event(n) => seq_of(&n.raw()),
                 Inbound::Gap(_) => None,
             })
             .collect()
@@ -353,4 +455,85 @@ pub fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
         Ok(d) => d.as_secs_f64(),
         Err(e) => -e.duration().as_secs_f64(),
     }
+}
+
+/// Fails if `logs` hold any of `secrets`, an authorization header, an
+/// access token (or anything token-shaped), or a socket's connectUri on the
+/// emulator at `emulator_port`. Hex dumps (`0x…`) are decoded and read too.
+pub fn assert_no_secrets(logs: &str, secrets: &[&str], emulator_port: u16) {
+    let decoded: String = logs
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter_map(|w| w.strip_prefix("0x"))
+        .filter_map(|hex| {
+            (0..hex.len() / 2 * 2)
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()
+        })
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned() + "\n")
+        .collect();
+    println!("decoded {} bytes of hex dumps", decoded.len());
+    for text in [logs, &decoded] {
+        for needle in secrets
+            .iter()
+            .chain(&["ws://", "Bearer ", "Basic ", "access_token"])
+        {
+            assert!(!text.contains(needle), "log contains {needle:?}");
+        }
+        assert!(
+            !text.contains(&format!("{emulator_port}/channels/")),
+            "a connectUri was logged"
+        );
+        assert!(
+            !text.contains("GET /channels/"),
+            "a socket handshake (its path is the credential) was logged"
+        );
+        // Emulator tokens are 48 alphanumerics; nothing else we log is that shape.
+        let token_shaped = text.lines().find(|line| {
+            line.split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|run| run.len() >= 40 && !run.starts_with("0x"))
+        });
+        assert!(
+            token_shaped.is_none(),
+            "something token-shaped was logged: {}",
+            token_shaped
+                .unwrap_or_default()
+                .chars()
+                .take(400)
+                .collect::<String>()
+        );
+    }
+}
+
+/// The bridge binary, set up through the environment as in production:
+/// credentials and URLs of `emu`, the topics in `work/topics.txt`, Kafka at
+/// `brokers` under `prefix` (3 partitions, replication 1), no admin port,
+/// JSON logs. Callers add or override variables before spawning.
+pub fn bridge_command(
+    emu: &Emulator,
+    topics: &[String],
+    brokers: &str,
+    prefix: &str,
+    work: &std::path::Path,
+) -> tokio::process::Command {
+    std::fs::create_dir_all(work).expect("work dir");
+    let topics_file = work.join("topics.txt");
+    std::fs::write(&topics_file, topics.join("\n")).expect("topics file");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_genesys-kafka-bridge"));
+    command
+        .arg("run")
+        .env("GENESYS_CLIENT_ID", &emu.config().client_id)
+        .env("GENESYS_CLIENT_SECRET", &emu.config().client_secret)
+        .env("GENESYS_BRIDGE_GENESYS__API_BASE_URL", emu.base_url())
+        .env("GENESYS_BRIDGE_GENESYS__LOGIN_BASE_URL", emu.base_url())
+        .env("GENESYS_BRIDGE_GENESYS__TOPICS_FILE", &topics_file)
+        .env("GENESYS_BRIDGE_KAFKA__BROKERS", brokers)
+        .env("GENESYS_BRIDGE_KAFKA__TOPIC_PREFIX", prefix)
+        .env("GENESYS_BRIDGE_KAFKA__CREATE_TOPICS", "true")
+        .env("GENESYS_BRIDGE_KAFKA__REPLICATION_FACTOR", "1")
+        .env("GENESYS_BRIDGE_KAFKA__PARTITIONS", "3")
+        .env("GENESYS_BRIDGE_ADMIN__LISTEN", "")
+        .env("GENESYS_BRIDGE_LOG__FORMAT", "json")
+        .kill_on_drop(true);
+    command
 }
