@@ -446,10 +446,25 @@ fn from_figment(error: figment::Error) -> ConfigError {
             key = "--config".into();
             m.clone()
         }
+        // A parse error quotes the offending line, which may hold a secret:
+        // keep only where it is and what is wrong.
+        Kind::Message(m) if m.starts_with("TOML parse error") => {
+            let lines: Vec<&str> = m.lines().map(str::trim).collect();
+            let reason = lines
+                .iter()
+                .rev()
+                .find(|l| !l.is_empty() && !l.starts_with('|') && !l.contains(" | "))
+                .copied()
+                .unwrap_or_default();
+            format!("{}: {reason}", lines.first().copied().unwrap_or_default())
+        }
         other => other.to_string(),
     };
     if key.is_empty() {
-        key = "(file)".into();
+        key = match error.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+            Some(source) => source.to_string(),
+            None => "(file)".into(),
+        };
     }
     ConfigError::new(&key, problem, fix)
 }

@@ -112,3 +112,103 @@ async fn malformed_frames_are_counted_and_lose_nothing() {
     assert!(emu.covered(&topics[0]) || emu.open_sockets() == 0);
     emu.shutdown().await;
 }
+
+/// The binary with a mistaken config: for each mistake, in the file or in
+/// the environment, `run` exits 64 before binding its admin port, names the
+/// key on stderr, and never prints the secret.
+#[test]
+fn config_mistakes_exit_64_naming_the_key_before_binding() {
+    const SECRET: &str = "n0t-in-any-Output";
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let dir = std::env::temp_dir().join(unique_prefix("config"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let good = format!(
+        "[genesys]\nclient_id = \"id-1\"\nclient_secret = \"{SECRET}\"\n\
+         topics = [\"v2.users.7b8e4a6c-2f0d-4b8e-9d1a-0c3e5f7a9b1d.presence\"]\n\
+         [admin]\nlisten = \"{admin}\"\n"
+    );
+    // (file text, environment, the key the error must name)
+    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+        (
+            good.replace("[genesys]\n", "[genesys]\nregion = \"mars\"\n"),
+            vec![],
+            "genesys.region",
+        ),
+        (
+            good.replace("client_id = \"id-1\"", "client_id = \"\""),
+            vec![],
+            "genesys.client_id",
+        ),
+        (
+            good.clone(),
+            vec![("GENESYS_BRIDGE_GENESYS__TOPICS", "[]")],
+            "genesys.topics",
+        ),
+        (
+            good.replace("[genesys]\n", "[genesys]\nheartbeat_timeout = \"5s\"\n"),
+            vec![],
+            "genesys.heartbeat_timeout",
+        ),
+        (
+            good.replace("[genesys]\n", "[genesys]\ncolour = \"blue\"\n"),
+            vec![],
+            "genesys.colour",
+        ),
+        (
+            good.clone(),
+            vec![("GENESYS_BRIDGE_KAFKA__PARTITIONS", "0")],
+            "kafka.partitions",
+        ),
+        (
+            good.clone(),
+            vec![("GENESYS_BRIDGE_RECONNECT__MAX_DELAY", "soon")],
+            "reconnect.max_delay",
+        ),
+        (
+            good.clone(),
+            vec![("GENESYS_REGION", "atlantis")],
+            "genesys.region",
+        ),
+        (
+            good.replace(&format!("listen = \"{admin}\""), "listen = \"nowhere\""),
+            vec![],
+            "admin.listen",
+        ),
+        (
+            format!("{good}[dedup]\ncapacity = 0\n"),
+            vec![],
+            "dedup.capacity",
+        ),
+        ("[genesys\n".to_owned(), vec![], "bridge.toml"),
+        // A broken line holding the secret: the error must not quote it.
+        (
+            good.replace(&format!("\"{SECRET}\""), &format!("\"{SECRET}")),
+            vec![],
+            "bridge.toml",
+        ),
+    ];
+    for (n, (text, env, key)) in cases.iter().enumerate() {
+        let file = dir.join("bridge.toml");
+        std::fs::write(&file, text).expect("config file");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_genesys-kafka-bridge"));
+        command
+            .args(["--config", file.to_str().expect("utf-8 path"), "run"])
+            .env_remove("GENESYS_CLIENT_SECRET")
+            .env_remove("GENESYS_CLIENT_ID")
+            .envs(env.iter().copied());
+        let output = command.output().expect("bridge runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "case {n}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "case {n}: {key} not named in {stderr}"
+        );
+        assert!(!stderr.contains(SECRET), "case {n}: the secret was printed");
+        assert!(
+            std::net::TcpListener::bind(admin).is_ok(),
+            "case {n}: the admin port was left bound"
+        );
+    }
+}
