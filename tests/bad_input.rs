@@ -130,7 +130,8 @@ fn config_mistakes_exit_64_naming_the_key_before_binding() {
          [admin]\nlisten = \"{admin}\"\n"
     );
     // (file text, environment, the key the error must name)
-    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+    type Case = (String, Vec<(&'static str, &'static str)>, &'static str);
+    let cases: Vec<Case> = vec![
         (
             good.replace("[genesys]\n", "[genesys]\nregion = \"mars\"\n"),
             vec![],
