@@ -1,0 +1,522 @@
+//! End to end: the emulator (in this process) → the release bridge binary →
+//! a private Tansu broker, measured from outside the bridge the way an
+//! operator would: /proc for CPU and memory, the bridge's /metrics for
+//! counts and publish latency, the emulator's coverage records for blind
+//! time. Prints one table (also written to target/bench/end-to-end.md).
+//!
+//! Run it with `scripts/bench.sh` (flags there); plain `cargo bench` runs it
+//! with the defaults too. No assertion: the figures are compared with the
+//! targets and a miss is reported with its size.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use genesys_emulator::{Config as EmuConfig, Emulator, RecordMode, Target};
+
+use common::*;
+
+const BROKER_PORT: u16 = 19393;
+
+struct Options {
+    topics: usize,
+    max_rate: f64,
+    seconds: u64,
+    drops: usize,
+}
+
+impl Options {
+    fn from_env() -> Self {
+        let get = |name: &str, default: f64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Self {
+            topics: get("BENCH_TOPICS", 10_000.0) as usize,
+            max_rate: get("BENCH_MAX_RATE", 150_000.0),
+            seconds: get("BENCH_SECONDS", 20.0) as u64,
+            drops: get("BENCH_DROPS", 50.0) as usize,
+        }
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` asks harness-less benches for names
+    }
+    let options = Options::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let table = runtime.block_on(run(&options));
+    println!("\n{table}");
+    let out = repo().join("target/bench");
+    std::fs::create_dir_all(&out).expect("target/bench");
+    std::fs::write(out.join("end-to-end.md"), &table).expect("write table");
+}
+
+/// One line of the table.
+struct Row {
+    measure: String,
+    target: String,
+    result: String,
+    verdict: String,
+}
+
+fn row(measure: &str, target: Option<(f64, bool)>, value: f64, unit: &str, detail: &str) -> Row {
+    // target: (limit, higher_is_better)
+    let (target_text, verdict) = match target {
+        None => ("-".to_owned(), "-".to_owned()),
+        Some((limit, higher)) => {
+            let sign = if higher { "≥" } else { "≤" };
+            let ok = if higher {
+                value >= limit
+            } else {
+                value <= limit
+            };
+            let verdict = if ok {
+                "met".to_owned()
+            } else {
+                let by = (value - limit).abs();
+                let pct = if limit > 0.0 { by / limit * 100.0 } else { 0.0 };
+                format!("MISSED by {} {unit} ({pct:.0} %)", fmt_num(by))
+            };
+            (format!("{sign} {} {unit}", fmt_num(limit)), verdict)
+        }
+    };
+    Row {
+        measure: measure.into(),
+        target: target_text,
+        result: format!("{} {unit}{detail}", fmt_num(value)),
+        verdict,
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    let v = if v == 0.0 { 0.0 } else { v }; // no "-0.00"
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+async fn run(o: &Options) -> String {
+    let broker = PrivateBroker::start(BROKER_PORT, "memory");
+    let brokers = broker.brokers();
+    let work = repo().join("target/bench/work");
+    let mut rows = Vec::new();
+
+    // 1. Idle: 10 topics, no events.
+    {
+        let emu = emulator(EmuConfig::default()).await;
+        let topics = emu.sample_topics(10);
+        let bridge = Bridge::start(&emu, &topics, &brokers, &work.join("idle"), &[]).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let cpu0 = bridge.cpu_seconds();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let cpu = bridge.cpu_seconds() - cpu0;
+        let (rss, _) = bridge.memory_kib();
+        rows.push(row(
+            "idle RSS (10 topics, no events)",
+            Some((15.0, false)),
+            rss as f64 / 1024.0,
+            "MiB",
+            "",
+        ));
+        rows.push(row("idle CPU", None, cpu / 10.0 * 100.0, "% of a core", ""));
+        bridge.stop().await;
+        emu.shutdown().await;
+    }
+
+    // 2. 10,000 topics: 5,000 events/s for memory, then as fast as it goes.
+    {
+        let emu = emulator(EmuConfig {
+            record_mode: RecordMode::Compact,
+            socket_queue_capacity: 65_536,
+            ..EmuConfig::default()
+        })
+        .await;
+        let topics = emu.sample_topics(o.topics);
+        let bridge = Bridge::start(&emu, &topics, &brokers, &work.join("load"), &[]).await;
+
+        emu.set_rate(5_000.0);
+        let (published, cpu, secs) = bridge.window(&emu, o.seconds).await;
+        let (_, peak) = bridge.memory_kib();
+        rows.push(row(
+            &format!("peak RSS ({} topics, 5,000 events/s)", o.topics),
+            Some((30.0, false)),
+            peak as f64 / 1024.0,
+            "MiB",
+            &format!(" ({:.0} events/s published)", published / secs),
+        ));
+        rows.push(row(
+            "bridge CPU per event at 5,000 events/s",
+            Some((5.0, false)),
+            cpu / published.max(1.0) * 1e6,
+            "µs",
+            "",
+        ));
+
+        emu.set_rate(o.max_rate);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let offered0 = emu.event_stats().deliverable;
+        let (published, cpu, secs) = bridge.window(&emu, o.seconds).await;
+        let offered = (emu.event_stats().deliverable - offered0) as f64 / secs;
+        rows.push(row(
+            &format!("sustained end to end ({} topics)", o.topics),
+            Some((50_000.0, true)),
+            published / secs,
+            "events/s",
+            &format!(" (emulator offered {offered:.0}/s)"),
+        ));
+        rows.push(row(
+            "bridge CPU per event at that rate",
+            Some((5.0, false)),
+            cpu / published.max(1.0) * 1e6,
+            "µs",
+            &format!(" ({:.2} s per million)", cpu / published.max(1.0) * 1e6),
+        ));
+        emu.set_rate(0.0);
+        let dropped = bridge.metric("genesys_bridge_events_dropped_total").await;
+        let invalid = bridge.metric("genesys_bridge_frames_invalid_total").await;
+        rows.push(row(
+            "events dropped / invalid frames during the load",
+            None,
+            dropped + invalid,
+            "",
+            "",
+        ));
+        bridge.stop().await;
+        emu.shutdown().await;
+    }
+
+    // 3. Latency at 1,000 events/s (default linger 5 ms), then abrupt
+    // drops with the default backoff, then planned moves.
+    {
+        let emu = emulator(EmuConfig {
+            socket_closing_grace: Duration::from_secs(3),
+            ..EmuConfig::default()
+        })
+        .await;
+        let topics = emu.sample_topics(100);
+        // A connection counts as healthy after 2 s (default 30 s), so that
+        // every drop starts from the first backoff window, as a drop after
+        // a long healthy run would.
+        let bridge = Bridge::start(
+            &emu,
+            &topics,
+            &brokers,
+            &work.join("latency"),
+            &[("GENESYS_BRIDGE_RECONNECT__STABLE_AFTER", "2s")],
+        )
+        .await;
+        emu.set_rate(1_000.0);
+        tokio::time::sleep(Duration::from_secs(o.seconds.max(10))).await;
+        let histogram = bridge
+            .histogram("genesys_bridge_publish_latency_seconds")
+            .await;
+        let total = histogram.last().map(|b| b.1).unwrap_or(0.0);
+        for (q, target) in [(0.5, None), (0.99, Some((15.0, false))), (0.999, None)] {
+            rows.push(row(
+                &format!("publish latency p{} at 1,000 events/s", q * 100.0),
+                target,
+                quantile(&histogram, q) * 1000.0,
+                "ms",
+                &format!(" ({total:.0} events)"),
+            ));
+        }
+
+        emu.set_rate(200.0);
+        let since = SystemTime::now();
+        for _ in 0..o.drops {
+            emu.drop_sockets(Target::All);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            wait_until(Duration::from_secs(30), || emu.covered(&topics[0])).await;
+            tokio::time::sleep(Duration::from_millis(2_500)).await;
+        }
+        let mut blind: Vec<f64> = emu
+            .coverage_gaps(&topics[0])
+            .into_iter()
+            .filter(|g| g.start >= since)
+            .filter_map(|g| Some(secs_between(g.end?, g.start)))
+            .collect();
+        blind.sort_by(f64::total_cmp);
+        let n = blind.len();
+        rows.push(row(
+            &format!("receiving again after an abrupt drop, p50 ({n} drops)"),
+            Some((1.5, false)),
+            pick(&blind, 0.5),
+            "s",
+            "",
+        ));
+        rows.push(row(
+            "receiving again after an abrupt drop, p99",
+            None,
+            pick(&blind, 0.99),
+            "s",
+            "",
+        ));
+
+        let since = SystemTime::now();
+        let planned = 10;
+        for _ in 0..planned {
+            emu.socket_closing(Target::All);
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+        let blind_ms: f64 = emu
+            .coverage_gaps(&topics[0])
+            .into_iter()
+            .filter(|g| g.start >= since)
+            .map(|g| secs_between(g.end.unwrap_or_else(SystemTime::now), g.start) * 1000.0)
+            .sum();
+        rows.push(row(
+            &format!("blind time over {planned} planned moves (socket_closing)"),
+            Some((0.0, false)),
+            blind_ms,
+            "ms",
+            "",
+        ));
+        bridge.stop().await;
+        emu.shutdown().await;
+    }
+    drop(broker);
+    render(&rows)
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "Machine: {cpu}, {cores} cores; {rustc}; broker Tansu 0.6.0 (memory storage); \
+         the emulator runs on the same cores."
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| measure | target | result | verdict |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            r.measure, r.target, r.result, r.verdict
+        );
+    }
+    out
+}
+
+/// The q-quantile of sorted values (nearest rank).
+fn pick(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// The q-quantile of a cumulative histogram `[(le, count)]`, interpolated
+/// linearly inside its bucket as Prometheus' histogram_quantile does.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let Some(&(_, total)) = buckets.last() else {
+        return f64::NAN;
+    };
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let inside = count - prev.1;
+            let frac = if inside > 0.0 {
+                (rank - prev.1) / inside
+            } else {
+                0.0
+            };
+            return prev.0 + (le - prev.0) * frac;
+        }
+        prev = (le, count);
+    }
+    f64::NAN
+}
+
+/// The release bridge binary, seen from outside.
+struct Bridge {
+    child: tokio::process::Child,
+    pid: u32,
+    admin: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl Bridge {
+    async fn start(
+        emu: &Emulator,
+        topics: &[String],
+        brokers: &str,
+        work: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let log = open_log(work);
+        let mut command = bridge_command(emu, topics, brokers, &unique_prefix("bench"), work);
+        command
+            .env("GENESYS_BRIDGE_ADMIN__LISTEN", admin.to_string())
+            .envs(extra.iter().copied())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let child = command.spawn().expect("bridge starts");
+        let pid = child.id().expect("pid");
+        let bridge = Self {
+            child,
+            pid,
+            admin,
+            http: reqwest::Client::new(),
+        };
+        let started = Instant::now();
+        let all = wait_until(Duration::from_secs(120), || {
+            topics.iter().all(|t| emu.covered(t))
+        })
+        .await;
+        assert!(all, "the bridge subscribed every topic");
+        eprintln!(
+            "bench: {} topics subscribed in {:.1} s",
+            topics.len(),
+            started.elapsed().as_secs_f64()
+        );
+        bridge
+    }
+
+    /// Published events, bridge CPU seconds and wall seconds over `secs`.
+    async fn window(&self, _emu: &Emulator, secs: u64) -> (f64, f64, f64) {
+        let p0 = self.metric("genesys_bridge_events_published_total").await;
+        let c0 = self.cpu_seconds();
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let p1 = self.metric("genesys_bridge_events_published_total").await;
+        let c1 = self.cpu_seconds();
+        (p1 - p0, c1 - c0, t0.elapsed().as_secs_f64())
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime is
+        // the 14th field of the line, stime the 15th.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / clock_ticks()
+    }
+
+    /// (VmRSS, VmHWM) in KiB.
+    fn memory_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    async fn scrape(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// The sum of a family's samples (all label sets).
+    async fn metric(&self, name: &str) -> f64 {
+        self.scrape()
+            .await
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Cumulative buckets `(le, count)` of a histogram without labels.
+    async fn histogram(&self, name: &str) -> Vec<(f64, f64)> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        let mut out: Vec<(f64, f64)> = self
+            .scrape()
+            .await
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(&prefix)?;
+                let (le, rest) = rest.split_once('"')?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, rest.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out
+    }
+
+    async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+}
+
+fn open_log(work: &std::path::Path) -> std::fs::File {
+    std::fs::create_dir_all(work).expect("work dir");
+    let path: PathBuf = work.join("bridge.log");
+    std::fs::File::create(path).expect("log file")
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
