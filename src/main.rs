@@ -107,8 +107,18 @@ fn toml_string(raw: &config::FileConfig) -> Result<String, String> {
     toml::to_string_pretty(raw).map_err(|e| e.to_string())
 }
 
+/// One worker thread unless `TOKIO_WORKER_THREADS` says otherwise: the
+/// stages hand every event on to each other, and on one thread that is a
+/// queue push instead of waking another thread. Measured by
+/// `scripts/bench.sh` (README, Performance): p99 publish latency at 1,000
+/// events/s 9.6 and 11.3 ms against 16.5 ms with a worker per core; CPU
+/// and memory within the runs' noise.
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    builder
         .enable_all()
         .build()
         .expect("the tokio runtime starts")
