@@ -56,11 +56,15 @@ pub async fn run(
         SinkKind::Kafka => {
             let producer =
                 kafka::producer(&settings.kafka).context("creating the Kafka producer")?;
-            if settings.kafka.create_topics {
-                kafka::create_topics(&settings.kafka, &kafka_topics(&settings))
+            let new_topics = if settings.kafka.create_topics {
+                let topics = kafka_topics(&settings);
+                kafka::create_topics(&settings.kafka, &topics)
                     .await
                     .context("creating Kafka topics")?;
-            }
+                Some(kafka::NewTopics::new(&settings.kafka, &topics))
+            } else {
+                None
+            };
             tokio::spawn(kafka::watch_reachability(
                 producer.clone(),
                 background.clone(),
@@ -70,6 +74,7 @@ pub async fn run(
                 records_rx,
                 settings.kafka.buffer,
                 settings.kafka.overflow,
+                new_topics,
                 sink_deadline.clone(),
             ))
         }

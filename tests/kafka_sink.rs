@@ -46,6 +46,7 @@ async fn start_sink(
         rx,
         buffer,
         OverflowPolicy::Block,
+        None,
         CancellationToken::new(),
     ));
     (tx, sink)

@@ -472,3 +472,36 @@ async fn broker_stopped_ten_seconds_mid_stream_loses_nothing() {
     assert_delivered(&emu, &messages, None, 20);
     emu.shutdown().await;
 }
+
+/// A notification on a topic outside the configured ones (Genesys should
+/// never send one) gets a Kafka topic of its own, and the bridge still
+/// stops cleanly: found by the chaos soak, where its records were retried
+/// for ever and ran out the shutdown grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_outside_the_configured_topics_is_published_not_wedged() {
+    let brokers = brokers();
+    let emu = emulator(quick_emulator()).await;
+    let topics = emu.sample_topics(3);
+    let prefix = unique_prefix("unknown");
+    let settings = kafka_settings(&emu, &topics, &brokers, &prefix, |_| {});
+    let configured = app::kafka_topics(&settings);
+    let mut bridge = Bridge::start(settings);
+    covered(&emu, &topics).await;
+    assert_eq!(
+        emu.send_malformed(Target::All, genesys_emulator::Malformed::UnknownTopic),
+        1
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    bridge.stop().await;
+    let new: Vec<String> = topics_under(&brokers, &prefix)
+        .into_iter()
+        .filter(|t| !configured.contains(t))
+        .collect();
+    assert_eq!(new.len(), 1, "one new Kafka topic: {new:?}");
+    let messages = read_to_end(&brokers, &new);
+    assert_eq!(messages.len(), 1);
+    let value: serde_json::Value =
+        serde_json::from_slice(messages[0].payload().expect("value")).expect("json");
+    assert!(!topics.iter().any(|t| value["topicName"] == t.as_str()));
+    emu.shutdown().await;
+}

@@ -6,8 +6,9 @@
 //! `overflow = "drop_newest"`, new records are dropped, counted and logged).
 //! A failed delivery is retried, never dropped.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::stream::FuturesUnordered;
@@ -92,6 +93,39 @@ pub async fn create_topics(kafka: &KafkaSection, topics: &[String]) -> Result<()
     Ok(())
 }
 
+/// Creates a Kafka topic the first time a record needs one that was not
+/// created at start: a notification on a Genesys topic outside the
+/// configured list (which Genesys should never send) would otherwise be
+/// retried for ever against a topic that never comes.
+pub struct NewTopics {
+    kafka: KafkaSection,
+    known: HashSet<Arc<str>>,
+}
+
+impl NewTopics {
+    pub fn new(kafka: &KafkaSection, created: &[String]) -> Self {
+        Self {
+            kafka: kafka.clone(),
+            known: created.iter().map(|t| Arc::from(t.as_str())).collect(),
+        }
+    }
+
+    async fn ensure(&mut self, topic: &Arc<str>) {
+        if !self.known.insert(topic.clone()) {
+            return;
+        }
+        match create_topics(&self.kafka, &[topic.to_string()]).await {
+            Ok(()) => tracing::warn!(
+                topic = %topic,
+                "An event came for a Kafka topic outside the configured ones; created it."
+            ),
+            Err(e) => {
+                tracing::error!(topic = %topic, error = %e, "Could not create a Kafka topic an event needs.")
+            }
+        }
+    }
+}
+
 /// Keeps `/readyz` told whether a broker answers.
 pub async fn watch_reachability(producer: FutureProducer, cancel: CancellationToken) {
     loop {
@@ -144,6 +178,7 @@ pub async fn run(
     mut input: mpsc::Receiver<Record>,
     buffer: usize,
     overflow: OverflowPolicy,
+    mut new_topics: Option<NewTopics>,
     deadline: CancellationToken,
 ) {
     let mut in_flight = FuturesUnordered::new();
@@ -201,6 +236,9 @@ pub async fn run(
                 if waiting >= buffer && record.is_event() {
                     events::dropped("overflow", &record.topic);
                     continue;
+                }
+                if let Some(new_topics) = new_topics.as_mut() {
+                    new_topics.ensure(&record.topic).await;
                 }
                 produce(&producer, record, &mut in_flight, track, &mut retries);
             }
