@@ -253,7 +253,7 @@ async fn soak(seed: u64, duration: Duration) -> Figures {
     // Read from the broker itself, not through the fault injector.
     proxy.shutdown();
     broker.restart_advertising_itself();
-    let kafka_topics: Vec<String> = bridge_topics(&broker.brokers(), &prefix);
+    let kafka_topics: Vec<String> = topics_under(&broker.brokers(), &prefix);
     println!("soak: {} Kafka topics under {prefix}", kafka_topics.len());
     let messages = {
         let brokers = broker.brokers();
@@ -368,24 +368,6 @@ async fn inject(
 
 async fn wait_covered(emu: &Emulator, topics: &[String], timeout: Duration) -> bool {
     wait_until(timeout, || topics.iter().all(|t| emu.covered(t))).await
-}
-
-/// Every Kafka topic the bridge writes for `prefix` (events and markers).
-fn bridge_topics(brokers: &str, prefix: &str) -> Vec<String> {
-    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("metadata client");
-    use rdkafka::consumer::Consumer;
-    let metadata = consumer
-        .fetch_metadata(None, Duration::from_secs(10))
-        .expect("metadata");
-    metadata
-        .topics()
-        .iter()
-        .map(|t| t.name().to_owned())
-        .filter(|name| name.starts_with(prefix))
-        .collect()
 }
 
 /// Deliverable, published (distinct events in Kafka), lost and duplicated.

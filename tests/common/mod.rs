@@ -148,22 +148,33 @@ pub fn read_all(
     out
 }
 
+/// Every Kafka topic whose name starts with `prefix`.
+pub fn topics_under(brokers: &str, prefix: &str) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("metadata client");
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
+
 /// Reads every record of `topics` from each partition's low to its high
 /// watermark: no waiting for silence, and nothing missed. One consumer per
-/// topic: Tansu 0.6.0 stops answering a consumer that fetches many large
-/// partitions at once.
+/// topic, one topic at a time: Tansu 0.6.0 stops answering a consumer that
+/// fetches many large partitions at once, and its sqlite storage serves
+/// reads slowly enough that parallel readers starve each other.
 pub fn read_to_end(brokers: &str, topics: &[String]) -> Vec<OwnedMessage> {
-    // A consumer per topic, all at once: each takes a second or two.
-    std::thread::scope(|scope| {
-        let readers: Vec<_> = topics
-            .iter()
-            .map(|topic| scope.spawn(move || read_topic_to_end(brokers, topic)))
-            .collect();
-        readers
-            .into_iter()
-            .flat_map(|r| r.join().expect("reader thread"))
-            .collect()
-    })
+    topics
+        .iter()
+        .flat_map(|topic| read_topic_to_end(brokers, topic))
+        .collect()
 }
 
 fn read_topic_to_end(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
@@ -200,7 +211,7 @@ fn read_topic_to_end(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
         consumer.assign(&assignment).expect("assign");
         let mut last = Instant::now();
         while ends.values().any(|(next, high)| next < high)
-            && last.elapsed() < Duration::from_secs(30)
+            && last.elapsed() < Duration::from_secs(60)
         {
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
