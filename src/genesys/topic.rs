@@ -89,8 +89,9 @@ struct BodyId<'a> {
 
 /// The `id` field of an event body, when it is a plain string.
 fn body_id(body: &str) -> Option<&str> {
-    // Genesys writes `id` first: then it is read without parsing the body
-    // (which is valid JSON: the frame parser checked it).
+    // Genesys' event schemas list `id` first; a body that starts with it has
+    // it read without parsing the rest (the body is valid JSON: the frame
+    // parser checked it). Any other body is parsed.
     if let Some(rest) = body.strip_prefix(r#"{"id":""#) {
         if let Some(end) = rest.find(['"', '\\']) {
             if rest.as_bytes()[end] == b'"' {
