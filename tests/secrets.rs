@@ -109,3 +109,19 @@ async fn no_secret_token_or_connect_uri_in_trace_logs() {
         emu.local_addr().port(),
     );
 }
+
+/// The scan itself: it flags a token-shaped run, a secret, a hex-dumped
+/// secret and a connectUri, and lets long padding through.
+#[test]
+fn the_scan_catches_what_it_must_and_only_that() {
+    let fails =
+        |text: &str| std::panic::catch_unwind(|| assert_no_secrets(text, &[SECRET], 8080)).is_err();
+    assert!(fails(
+        "token k3J9xQ2mZ7pL4vN8bR1tY6wC5sD0fG3hK9jU2iO7eA4qW8zX"
+    ));
+    assert!(fails(&format!("secret={SECRET}")));
+    let hex: String = SECRET.bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(fails(&format!("dump 0x{hex}")));
+    assert!(fails("ws://127.0.0.1:8080/channels/streaming-0-abc"));
+    assert!(!fails(&format!("padding {}", "x".repeat(2000))));
+}
