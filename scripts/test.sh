@@ -34,7 +34,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
-cargo test --workspace
+cargo test --workspace -- --skip seeded_chaos_soak
+step "the chaos soak (2 minutes of faults; prints its seed and its figures)"
+cargo test --test soak -- --nocapture
 step "emulator fidelity against Genesys' Python SDK"
 scripts/sdk-fidelity.sh
 step "observability: promtool, a real Prometheus, the dashboard's queries, the Helm chart, hadolint"
