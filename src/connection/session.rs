@@ -12,7 +12,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Inbound, Notification, Reason, Spans};
@@ -283,7 +283,8 @@ impl Session<'_> {
                             let Some(spans) = Spans::of(text.as_str(), &parsed) else {
                                 continue; // cannot happen: the parts are slices of the text
                             };
-                            if !self.forward(text, spans, last_frame_wall).await {
+                            let notification = Notification::new(text, spans, self.channel.id.clone(), last_frame_wall);
+                            if !self.forward(notification).await {
                                 // The pipeline is gone: the process is shutting down.
                                 return None;
                             }
@@ -352,9 +353,8 @@ impl Session<'_> {
 
 impl Session<'_> {
     /// Hands one notification to the pipeline; false if the pipeline is gone.
-    async fn forward(&self, text: Utf8Bytes, spans: Spans, received_at: SystemTime) -> bool {
+    async fn forward(&self, notification: Notification) -> bool {
         events::event_received();
-        let notification = Notification::new(text, spans, self.channel.id.clone(), received_at);
         self.ctx
             .out
             .send(Inbound::Event(notification))
@@ -379,12 +379,11 @@ impl Session<'_> {
         while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, socket.next()).await {
             match message {
                 Message::Text(text) => {
-                    let spans = match frame::classify(text.as_str()) {
-                        Frame::Notification(parsed) => Spans::of(text.as_str(), &parsed),
-                        _ => None,
-                    };
-                    if let Some(spans) = spans {
-                        if !self.forward(text, spans, SystemTime::now()).await {
+                    let channel = self.channel.id.clone();
+                    if let Some(notification) =
+                        Notification::parse(text, channel, SystemTime::now())
+                    {
+                        if !self.forward(notification).await {
                             return;
                         }
                     }
