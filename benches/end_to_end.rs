@@ -151,7 +151,7 @@ async fn run(o: &Options) -> String {
         let bridge = Bridge::start(&emu, &topics, &brokers, &work.join("load"), &[]).await;
 
         emu.set_rate(5_000.0);
-        let (published, cpu, secs) = bridge.window(&emu, o.seconds).await;
+        let (published, cpu, secs) = bridge.window(o.seconds).await;
         let (_, peak) = bridge.memory_kib();
         rows.push(row(
             &format!("peak RSS ({} topics, 5,000 events/s)", o.topics),
@@ -171,7 +171,7 @@ async fn run(o: &Options) -> String {
         emu.set_rate(o.max_rate);
         tokio::time::sleep(Duration::from_secs(3)).await;
         let offered0 = emu.event_stats().deliverable;
-        let (published, cpu, secs) = bridge.window(&emu, o.seconds).await;
+        let (published, cpu, secs) = bridge.window(o.seconds).await;
         let offered = (emu.event_stats().deliverable - offered0) as f64 / secs;
         rows.push(row(
             &format!("sustained end to end ({} topics)", o.topics),
@@ -412,7 +412,7 @@ impl Bridge {
     }
 
     /// Published events, bridge CPU seconds and wall seconds over `secs`.
-    async fn window(&self, _emu: &Emulator, secs: u64) -> (f64, f64, f64) {
+    async fn window(&self, secs: u64) -> (f64, f64, f64) {
         let p0 = self.metric("genesys_bridge_events_published_total").await;
         let c0 = self.cpu_seconds();
         let t0 = Instant::now();

@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -372,25 +372,13 @@ async fn wait_covered(emu: &Emulator, topics: &[String], timeout: Duration) -> b
 
 /// Deliverable, published (distinct events in Kafka), lost and duplicated.
 fn tally(emu: &Emulator, messages: &[OwnedMessage]) -> (usize, usize, Vec<u64>, Vec<u64>) {
-    let mut counts: HashMap<u64, u32> = HashMap::new();
-    for m in messages {
-        if let Some(seq) = m.payload().and_then(seq_of) {
-            *counts.entry(seq).or_default() += 1;
-        }
-    }
-    let deliverable = emu.deliverable();
-    let lost: Vec<u64> = deliverable
+    let seqs: Vec<u64> = messages
         .iter()
-        .copied()
-        .filter(|s| !counts.contains_key(s))
+        .filter_map(|m| m.payload().and_then(seq_of))
         .collect();
-    let mut duplicated: Vec<u64> = counts
-        .iter()
-        .filter(|(_, c)| **c > 1)
-        .map(|(s, _)| *s)
-        .collect();
-    duplicated.sort_unstable();
-    (deliverable.len(), counts.len(), lost, duplicated)
+    let (lost, duplicated) = lost_and_duplicated(emu, &seqs);
+    let published = seqs.iter().collect::<std::collections::HashSet<_>>().len();
+    (emu.deliverable().len(), published, lost, duplicated)
 }
 
 /// The bounds of the gap markers that name `topic`.

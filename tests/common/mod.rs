@@ -67,26 +67,28 @@ impl PrivateBroker {
     }
     /// Restarts it (data kept) telling clients to come to it directly.
     pub fn restart_advertising_itself(&self) {
-        let p = self.port.to_string();
         self.stop();
-        let storage = std::fs::read_to_string(repo().join(format!("target/kafka-dev/{p}/storage")))
-            .unwrap_or_else(|_| "sqlite".into());
+        let (p, storage) = (self.port.to_string(), self.storage());
         let advertise = format!("127.0.0.1:{p}");
         kafka_dev(&[
             "start",
             "--port",
             &p,
             "--storage",
-            storage.trim(),
+            &storage,
             "--advertise",
             &advertise,
         ]);
     }
     pub fn restart_keeping_data(&self) {
-        let p = self.port.to_string();
-        let storage = std::fs::read_to_string(repo().join(format!("target/kafka-dev/{p}/storage")))
-            .unwrap_or_else(|_| "sqlite".into());
-        kafka_dev(&["start", "--port", &p, "--storage", storage.trim()]);
+        let (p, storage) = (self.port.to_string(), self.storage());
+        kafka_dev(&["start", "--port", &p, "--storage", &storage]);
+    }
+    /// The storage it was started with (kafka-dev.sh records it).
+    fn storage(&self) -> String {
+        std::fs::read_to_string(repo().join(format!("target/kafka-dev/{}/storage", self.port)))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "sqlite".into())
     }
 }
 
