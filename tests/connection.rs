@@ -324,6 +324,42 @@ async fn stall_is_detected_within_the_heartbeat_timeout() {
     emu.shutdown().await;
 }
 
+/// A socket that went silent is replaced by a planned move (here, channel
+/// expiry) before its heartbeat timeout: the blind time from its last frame
+/// to the replacement is still a gap, with a marker, because the old socket
+/// does not answer its close (soak seed 16348171990338760388 found this
+/// with a token refresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_replaced_by_a_planned_move_still_reports_its_gap() {
+    let emu = emulator(EmuConfig {
+        channel_lifetime: Duration::from_secs(6),
+        ..quick_emulator()
+    })
+    .await;
+    let topics = emu.sample_topics(6);
+    let m = Manager::start(settings(&emu, &topics, |raw| {
+        // The watchdog would fire long after the move: only the move ends it.
+        raw.genesys.heartbeat_timeout = Duration::from_secs(30);
+    }));
+    covered(&emu, &topics).await;
+    // The channel is rotated 4.5 s after it was made: stall the socket
+    // shortly before, so it is silent well under a second when replaced.
+    stream_through(
+        &emu,
+        &topics,
+        Duration::from_millis(4000),
+        || {
+            emu.stall_sockets(Target::All);
+        },
+        Duration::from_secs(6),
+    )
+    .await;
+    let out = m.stop().await;
+    assert_no_loss(&emu, &out, false);
+    assert_one_matching_gap(&emu, &out, &topics, Reason::HeartbeatTimeout);
+    emu.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redundancy_two_loses_nothing_on_a_single_drop() {
     let emu = emulator(quick_emulator()).await;

@@ -5,8 +5,9 @@
 //! notifications until the socket ends or it is told to stop. It reports what
 //! happens to its slot ([`SessionEvent`]) and never decides policy itself.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -79,7 +80,34 @@ pub struct Ended {
     pub up_for: Duration,
 }
 
-/// Runs one session to its end; every outcome is reported on `events`.
+/// What a session stopped by its slot leaves behind: if the server did not
+/// answer its close, the time of its last frame. A socket the slot stops for
+/// a planned move may already have gone silent (a stall the heartbeat
+/// timeout has not caught yet); a live server answers a close at once, so no
+/// answer means nothing was received since that last frame.
+#[derive(Debug, Default)]
+pub struct Farewell(AtomicU64);
+
+impl Farewell {
+    fn unanswered(&self, last_frame: SystemTime) {
+        let ms = last_frame
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis().max(1) as u64);
+        self.0.store(ms, Ordering::Relaxed);
+    }
+
+    /// The last frame of a socket whose close went unanswered.
+    pub fn silent_since(&self) -> Option<SystemTime> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// Runs one session to its end; every outcome is reported on `events`, and
+/// an unanswered close at a stop in `farewell`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     ctx: SessionContext,
     shard: usize,
@@ -88,6 +116,7 @@ pub async fn run(
     delay: Duration,
     cancel: CancellationToken,
     events: mpsc::UnboundedSender<SessionEvent>,
+    farewell: Arc<Farewell>,
 ) {
     tokio::select! {
         () = cancel.cancelled() => return,
@@ -105,6 +134,7 @@ pub async fn run(
                 channel,
                 reused,
                 events: &events,
+                farewell: &farewell,
             }
             .connect_and_run(&cancel)
             .await
@@ -145,6 +175,7 @@ struct Session<'a> {
     channel: Channel,
     reused: bool,
     events: &'a mpsc::UnboundedSender<SessionEvent>,
+    farewell: &'a Farewell,
 }
 
 impl Session<'_> {
@@ -226,7 +257,9 @@ impl Session<'_> {
             let watchdog = last_frame + self.ctx.heartbeat_timeout;
             tokio::select! {
                 () = cancel.cancelled() => {
-                    self.close_and_drain(&mut socket).await;
+                    if !self.close_and_drain(&mut socket).await && receiving_since.is_some() {
+                        self.farewell.unanswered(last_frame_wall);
+                    }
                     events::socket_closed(self.shard, &channel_id, receiving_since.is_some());
                     return None;
                 }
@@ -364,19 +397,23 @@ impl Session<'_> {
 
     /// Closes the socket politely and keeps every notification the server
     /// sent before its close reply: after a make-before-break move, or at
-    /// shutdown, those frames are already ours and must not be lost.
-    async fn close_and_drain<S>(&self, socket: &mut S)
+    /// shutdown, those frames are already ours and must not be lost. Returns
+    /// whether the server answered at all (any frame after our close): a
+    /// socket that has gone silent does not.
+    async fn close_and_drain<S>(&self, socket: &mut S) -> bool
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         match tokio::time::timeout_at(deadline, socket.send(Message::Close(None))).await {
             Ok(Ok(())) => {}
-            _ => return,
+            _ => return false,
         }
+        let mut answered = false;
         // Only the reads are bounded: a frame already read is handed on
         // however long the pipeline takes to take it.
         while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, socket.next()).await {
+            answered = true;
             match message {
                 Message::Text(text) => {
                     let channel = self.channel.id.clone();
@@ -384,15 +421,16 @@ impl Session<'_> {
                         Notification::parse(text, channel, SystemTime::now())
                     {
                         if !self.forward(notification).await {
-                            return;
+                            return true;
                         }
                     }
                 }
-                Message::Close(_) => return,
+                Message::Close(_) => return true,
                 _ => {}
             }
         }
-        tracing::debug!(channel = %self.channel.id, "Closing socket drained (or gave up at the deadline).");
+        tracing::debug!(channel = %self.channel.id, answered, "Closing socket drained (or gave up at the deadline).");
+        answered
     }
 }
 
@@ -512,6 +550,7 @@ mod tests {
                     channel,
                     reused: true,
                     events: &events_tx,
+                    farewell: &Farewell::default(),
                 };
                 session
                     .run(FakeSocket { incoming, outgoing }, &cancel)

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::session::{self, Ended, Plan, SessionContext, SessionEvent};
+use super::session::{self, Ended, Farewell, Plan, SessionContext, SessionEvent};
 use crate::config::{ReconnectSection, MAX_CHANNELS, MAX_TOPICS_PER_CHANNEL};
 use crate::event::{Gap, Inbound, Reason};
 use crate::genesys::api::Channel;
@@ -73,6 +73,7 @@ pub async fn run(
                 rotation: None,
                 dormant: false,
                 standby_announced: None,
+                retiring: Vec::new(),
             };
             tasks.push(tokio::spawn(slot.run(cancel.clone())));
         }
@@ -142,24 +143,54 @@ impl Shard {
             c.gap.take()
         };
         if let Some((started_at, reason)) = gap {
-            let gap = Gap {
-                started_at,
-                ended_at: SystemTime::now().max(started_at),
-                reason,
-                topics: self.topics.clone(),
-            };
-            events::gap_closed(self.index, &gap);
-            // The pipeline turns it into a marker record; if it is gone we
-            // are shutting down and the log line above is what remains.
-            let _ = self.out.send(Inbound::Gap(gap)).await;
+            self.close_gap(started_at, SystemTime::now(), reason).await;
+        }
+    }
+
+    /// Reports a blind interval from `started_at` to `ended_at`.
+    async fn close_gap(&self, started_at: SystemTime, ended_at: SystemTime, reason: Reason) {
+        let gap = Gap {
+            started_at,
+            ended_at: ended_at.max(started_at),
+            reason,
+            topics: self.topics.clone(),
+        };
+        events::gap_closed(self.index, &gap);
+        // The pipeline turns it into a marker record; if it is gone we
+        // are shutting down and the log line above is what remains.
+        let _ = self.out.send(Inbound::Gap(gap)).await;
+    }
+
+    /// A receiving socket was stopped by its slot because a replacement is
+    /// already receiving; true if that replacement is now the only one.
+    fn replaced(&self, reason: Reason) -> bool {
+        let Ok(mut c) = self.coverage.lock() else {
+            return false;
+        };
+        self.down_locked(&mut c, SystemTime::now(), reason);
+        c.receiving == 1
+    }
+
+    /// Waits for a replaced socket's session to close it. If the server did
+    /// not answer the close, the socket had gone silent at its last frame,
+    /// and the shard was blind from then until its replacement came up at
+    /// `until`: a gap, already closed, that no heartbeat timeout reported.
+    async fn retired(&self, session: JoinHandle<()>, farewell: Arc<Farewell>, until: SystemTime) {
+        let _ = session.await;
+        if let Some(since) = farewell.silent_since().filter(|&since| since < until) {
+            events::silent_socket_replaced(self.index, since);
+            self.close_gap(since, until, Reason::HeartbeatTimeout).await;
         }
     }
 
     /// A receiving socket of this shard stopped at `since`.
     fn down(&self, since: SystemTime, reason: Reason) {
-        let Ok(mut c) = self.coverage.lock() else {
-            return;
-        };
+        if let Ok(mut c) = self.coverage.lock() {
+            self.down_locked(&mut c, since, reason);
+        }
+    }
+
+    fn down_locked(&self, c: &mut Coverage, since: SystemTime, reason: Reason) {
         c.receiving = c.receiving.saturating_sub(1);
         if c.receiving == 0 {
             metrics()
@@ -198,6 +229,7 @@ struct Running {
     receiving: bool,
     /// When to move to a fresh channel before this one expires.
     rotate_at: Option<Instant>,
+    farewell: Arc<Farewell>,
     /// Held by a standby while two sockets are open.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -236,12 +268,15 @@ struct Slot {
     dormant: bool,
     /// A move the standby announced before it was promoted.
     standby_announced: Option<(Reason, &'static str)>,
+    /// Replaced sessions closing their sockets (see [`Shard::retired`]).
+    retiring: Vec<JoinHandle<()>>,
 }
 
 impl Slot {
     fn spawn(&self, plan: Plan, delay: Duration, permit: Option<OwnedSemaphorePermit>) -> Running {
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
+        let farewell = Arc::new(Farewell::default());
         let handle = tokio::spawn(session::run(
             self.ctx.clone(),
             self.shard.index,
@@ -250,6 +285,7 @@ impl Slot {
             delay,
             cancel.clone(),
             tx,
+            farewell.clone(),
         ));
         Running {
             cancel,
@@ -258,6 +294,7 @@ impl Slot {
             channel: None,
             receiving: false,
             rotate_at: None,
+            farewell,
             _permit: permit,
         }
     }
@@ -293,6 +330,7 @@ impl Slot {
             .into_iter()
             .flatten()
             .map(Running::stop)
+            .chain(self.retiring.drain(..))
             .collect();
         for handle in handles {
             let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
@@ -413,10 +451,19 @@ impl Slot {
                 // so a planned move never opens a gap.
                 standby._permit = None;
                 if let Some(old) = self.active.replace(standby) {
-                    if old.receiving {
-                        self.shard.down(SystemTime::now(), reason);
+                    let alone = old.receiving && self.shard.replaced(reason);
+                    let farewell = old.farewell.clone();
+                    let session = old.stop();
+                    if alone {
+                        // Was the old socket still live when it was replaced?
+                        // Its close answers that, within the drain timeout.
+                        let shard = self.shard.clone();
+                        let until = SystemTime::now();
+                        self.retiring.retain(|h| !h.is_finished());
+                        self.retiring.push(tokio::spawn(async move {
+                            shard.retired(session, farewell, until).await;
+                        }));
                     }
-                    drop(old.stop());
                 }
                 if let Some((reason, detail)) = self.standby_announced.take() {
                     self.plan_rotation(reason, detail);
