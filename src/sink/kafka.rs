@@ -5,22 +5,25 @@
 //! and back-pressure travels up the bounded channels to the sockets (or, with
 //! `overflow = "drop_newest"`, new records are dropped, counted and logged).
 //! A failed delivery is retried, never dropped.
+//!
+//! Delivery reports are collected by a producer context on rdkafka's polling
+//! thread and taken by the sink in batches ([`Reports`]): librdkafka reports
+//! a produce response's messages together, so that is one wake-up of the
+//! sink per response rather than a future and a channel per record.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode as Code;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -60,8 +63,52 @@ pub fn client_config(kafka: &KafkaSection) -> ClientConfig {
     config
 }
 
-pub fn producer(kafka: &KafkaSection) -> Result<FutureProducer, KafkaSinkError> {
-    Ok(client_config(kafka).create()?)
+/// The producer the sink drives; clones share one librdkafka handle.
+pub type KafkaProducer = ThreadedProducer<Reports>;
+
+pub fn producer(kafka: &KafkaSection) -> Result<KafkaProducer, KafkaSinkError> {
+    Ok(ThreadedProducer::from_config_and_context(
+        &client_config(kafka),
+        Reports::default(),
+    )?)
+}
+
+/// A delivery's outcome with its record (kept for a retry).
+type Pending = (Record, Result<(), KafkaError>);
+
+/// Delivery reports waiting for the sink: filled on rdkafka's polling
+/// thread, emptied by the sink's task, which is woken once however many
+/// reports arrived meanwhile.
+#[derive(Default)]
+pub struct Reports {
+    done: Mutex<Vec<Pending>>,
+    ready: Notify,
+}
+
+impl Reports {
+    /// Swaps the collected reports into `into` (empty), keeping both buffers.
+    fn take(&self, into: &mut Vec<Pending>) {
+        if let Ok(mut done) = self.done.lock() {
+            std::mem::swap(&mut *done, into);
+        }
+    }
+}
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<Record>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, record: Box<Record>) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err((error, _message)) => Err(error.clone()),
+        };
+        if let Ok(mut done) = self.done.lock() {
+            done.push((*record, outcome));
+        }
+        self.ready.notify_one();
+    }
 }
 
 /// Creates the topics that do not exist yet (an existing one is fine).
@@ -127,7 +174,7 @@ impl NewTopics {
 }
 
 /// Keeps `/readyz` told whether a broker answers.
-pub async fn watch_reachability(producer: FutureProducer, cancel: CancellationToken) {
+pub async fn watch_reachability(producer: KafkaProducer, cancel: CancellationToken) {
     loop {
         let client = producer.clone();
         let reachable = tokio::task::spawn_blocking(move || {
@@ -148,10 +195,6 @@ pub async fn watch_reachability(producer: FutureProducer, cancel: CancellationTo
         }
     }
 }
-
-/// A delivery's outcome with its record (kept for a retry); `Err(None)` if
-/// the report was lost with the producer.
-type Pending = (Record, Result<(), Option<KafkaError>>);
 
 /// Errors no retry can fix: the record is dropped (counted, logged) rather
 /// than wedging the sink behind it.
@@ -174,24 +217,34 @@ fn permanent(error: &KafkaError) -> bool {
 /// reported, or until `deadline` fires (then flushes what it can and says
 /// how many were left).
 pub async fn run(
-    producer: FutureProducer,
+    producer: KafkaProducer,
     mut input: mpsc::Receiver<Record>,
     buffer: usize,
     overflow: OverflowPolicy,
     mut new_topics: Option<NewTopics>,
     deadline: CancellationToken,
 ) {
-    let mut in_flight = FuturesUnordered::new();
+    let reports = producer.context().clone();
+    let mut in_flight = 0usize;
     let mut retries: VecDeque<(Instant, Record)> = VecDeque::new();
+    let mut delivered: Vec<Pending> = Vec::new();
+    let mut incoming: Vec<Record> = Vec::new();
     let mut input_open = true;
     let gauge = &metrics().buffered_events;
     loop {
-        let waiting = in_flight.len() + retries.len();
+        let waiting = in_flight + retries.len();
         gauge.set(waiting as i64);
         if !input_open && waiting == 0 {
             break;
         }
         let retry_at = retries.front().map(|(at, _)| *at);
+        // Take as many records as fit in the buffer (any number when
+        // overflow drops), in batches, so a burst costs one wake-up.
+        let room = if waiting < buffer {
+            (buffer - waiting).min(INPUT_BATCH)
+        } else {
+            INPUT_BATCH
+        };
         tokio::select! {
             biased;
             () = deadline.cancelled() => {
@@ -203,44 +256,34 @@ pub async fn run(
                 tracing::error!(undelivered = waiting, flushed, "Shutdown deadline reached with events not yet acknowledged by Kafka.");
                 return;
             }
-            Some((record, result)) = in_flight.next() => {
-                let (record, result): Pending = (record, result);
-                match result {
-                    Ok(()) => {
-                        if let Some(at) = record.received_at {
-                            events::published(1, SystemTime::now().duration_since(at).ok());
-                        }
-                    }
-                    Err(Some(error)) if permanent(&error) => {
-                        events::dropped("kafka_rejected", &record.topic);
-                        tracing::error!(topic = %record.topic, error = %error, "Kafka refused the record for good.");
-                    }
-                    Err(error) => {
-                        let text = error.map_or_else(|| "delivery report lost".to_owned(), |e| e.to_string());
-                        events::delivery_error(&record.topic, &text);
-                        retries.push_back((Instant::now() + RETRY_DELAY, record));
-                    }
+            () = reports.ready.notified(), if in_flight > 0 => {
+                reports.take(&mut delivered);
+                in_flight = in_flight.saturating_sub(delivered.len());
+                for (record, result) in delivered.drain(..) {
+                    settle(record, result, &mut retries);
                 }
             }
             () = sleep_until_opt(retry_at) => {
                 if let Some((_, record)) = retries.pop_front() {
-                    produce(&producer, record, &mut in_flight, track, &mut retries);
+                    produce(&producer, record, &mut in_flight, &mut retries);
                 }
             }
-            record = input.recv(), if input_open && (waiting < buffer || overflow == OverflowPolicy::DropNewest) => {
-                let Some(record) = record else {
+            taken = input.recv_many(&mut incoming, room), if input_open && (waiting < buffer || overflow == OverflowPolicy::DropNewest) => {
+                if taken == 0 {
                     input_open = false;
                     continue;
-                };
-                // Gap markers are never dropped: they are how consumers learn to resync.
-                if waiting >= buffer && record.is_event() {
-                    events::dropped("overflow", &record.topic);
-                    continue;
                 }
-                if let Some(new_topics) = new_topics.as_mut() {
-                    new_topics.ensure(&record.topic).await;
+                for record in incoming.drain(..) {
+                    // Gap markers are never dropped: they are how consumers learn to resync.
+                    if in_flight + retries.len() >= buffer && record.is_event() {
+                        events::dropped("overflow", &record.topic);
+                        continue;
+                    }
+                    if let Some(new_topics) = new_topics.as_mut() {
+                        new_topics.ensure(&record.topic).await;
+                    }
+                    produce(&producer, record, &mut in_flight, &mut retries);
                 }
-                produce(&producer, record, &mut in_flight, track, &mut retries);
             }
         }
     }
@@ -248,21 +291,61 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
 }
 
-/// Hands one record to librdkafka; a full local queue or a transient error
-/// puts it on the retry queue (the sink's loop never blocks on it).
-fn produce<F>(
-    producer: &FutureProducer,
+/// How many records the sink takes from its input at once.
+const INPUT_BATCH: usize = 256;
+
+/// Acts on one delivery report: counted, dropped for good, or retried.
+fn settle(
     record: Record,
-    in_flight: &mut FuturesUnordered<F>,
-    track: impl FnOnce(Record, DeliveryFuture) -> F,
+    result: Result<(), KafkaError>,
     retries: &mut VecDeque<(Instant, Record)>,
 ) {
-    let error = match producer.send_result(future_record(&record)) {
-        Ok(delivery) => {
-            in_flight.push(track(record, delivery));
+    match result {
+        Ok(()) => {
+            if let Some(at) = record.received_at {
+                events::published(1, SystemTime::now().duration_since(at).ok());
+            }
+        }
+        Err(error) if permanent(&error) => {
+            events::dropped("kafka_rejected", &record.topic);
+            tracing::error!(topic = %record.topic, error = %error, "Kafka refused the record for good.");
+        }
+        Err(error) => {
+            events::delivery_error(&record.topic, &error.to_string());
+            retries.push_back((Instant::now() + RETRY_DELAY, record));
+        }
+    }
+}
+
+/// Hands one record to librdkafka; a full local queue or a transient error
+/// puts it on the retry queue (the sink's loop never blocks on it).
+fn produce(
+    producer: &KafkaProducer,
+    record: Record,
+    in_flight: &mut usize,
+    retries: &mut VecDeque<(Instant, Record)>,
+) {
+    // librdkafka copies what it is given; the record itself travels as the
+    // delivery's opaque and comes back with its report (or with the error).
+    let headers = owned_headers(&record);
+    let (topic, key, value) = (
+        record.topic.clone(),
+        record.key.clone(),
+        record.value.clone(),
+    );
+    let mut base: BaseRecord<'_, [u8], [u8], Box<Record>> =
+        BaseRecord::with_opaque_to(&topic, Box::new(record))
+            .payload(value.as_ref())
+            .headers(headers);
+    if let Some(key) = &key {
+        base = base.key(key.as_ref());
+    }
+    let (error, record) = match producer.send(base) {
+        Ok(()) => {
+            *in_flight += 1;
             return;
         }
-        Err((error, _)) => error,
+        Err((error, base)) => (error, *base.delivery_opaque),
     };
     if matches!(
         error,
@@ -279,7 +362,7 @@ fn produce<F>(
     }
 }
 
-fn future_record(record: &Record) -> FutureRecord<'_, [u8], [u8]> {
+fn owned_headers(record: &Record) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
     for (key, value) in &record.headers {
         headers = headers.insert(Header {
@@ -287,20 +370,5 @@ fn future_record(record: &Record) -> FutureRecord<'_, [u8], [u8]> {
             value: Some(value.as_ref()),
         });
     }
-    let r = FutureRecord::to(&record.topic)
-        .payload(record.value.as_ref())
-        .headers(headers);
-    match &record.key {
-        Some(key) => r.key(key.as_ref()),
-        None => r,
-    }
-}
-
-async fn track(record: Record, delivery: DeliveryFuture) -> Pending {
-    match delivery.await {
-        Ok(Ok(_)) => (record, Ok(())),
-        Ok(Err((error, _message))) => (record, Err(Some(error))),
-        // The producer was dropped: cannot happen while this sink holds it.
-        Err(_canceled) => (record, Err(None)),
-    }
+    headers
 }
