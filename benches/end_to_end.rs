@@ -27,6 +27,8 @@ struct Options {
     max_rate: f64,
     seconds: u64,
     drops: usize,
+    /// `BENCH_ONLY=load`: only the 10,000-topic load phase (experiments).
+    load_only: bool,
 }
 
 impl Options {
@@ -42,6 +44,7 @@ impl Options {
             max_rate: get("BENCH_MAX_RATE", 150_000.0),
             seconds: get("BENCH_SECONDS", 20.0) as u64,
             drops: get("BENCH_DROPS", 50.0) as usize,
+            load_only: std::env::var("BENCH_ONLY").is_ok_and(|v| v == "load"),
         }
     }
 }
@@ -118,7 +121,7 @@ async fn run(o: &Options) -> String {
     let mut rows = Vec::new();
 
     // 1. Idle: 10 topics, no events.
-    {
+    if !o.load_only {
         let emu = emulator(EmuConfig::default()).await;
         let topics = emu.sample_topics(10);
         let bridge = Bridge::start(&emu, &topics, &brokers, &work.join("idle"), &[]).await;
@@ -203,7 +206,7 @@ async fn run(o: &Options) -> String {
 
     // 3. Latency at 1,000 events/s (default linger 5 ms), then abrupt
     // drops with the default backoff, then planned moves.
-    {
+    if !o.load_only {
         let emu = emulator(EmuConfig {
             socket_closing_grace: Duration::from_secs(3),
             ..EmuConfig::default()
@@ -387,6 +390,14 @@ impl Bridge {
         command
             .env("GENESYS_BRIDGE_ADMIN__LISTEN", admin.to_string())
             .envs(extra.iter().copied())
+            // Experiments: BENCH_BRIDGE_ENV="KEY=VALUE,KEY=VALUE" overrides
+            // any setting above (e.g. GENESYS_BRIDGE_KAFKA__PARTITIONS=1).
+            .envs(
+                std::env::var("BENCH_BRIDGE_ENV")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('=')),
+            )
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         let child = command.spawn().expect("bridge starts");

@@ -3,6 +3,8 @@
 #
 #   scripts/bench.sh [--topics 10000] [--max-rate 150000] [--seconds 20] [--drops 50]
 #   scripts/bench.sh --hot-path      # also the per-event criterion benches
+#   BENCH_ONLY=load BENCH_BRIDGE_ENV=GENESYS_BRIDGE_KAFKA__PARTITIONS=1 scripts/bench.sh
+#                                    # experiments: the load phase only, settings overridden
 #
 # Prints one table (measure, target, result, verdict) and writes it to
 # target/bench/end-to-end.md. Takes about 8 minutes with the defaults.
@@ -17,7 +19,7 @@ while [ $# -gt 0 ]; do
     --seconds) export BENCH_SECONDS="$2"; shift 2 ;;
     --drops) export BENCH_DROPS="$2"; shift 2 ;;
     --hot-path) hot=1; shift ;;
-    *) sed -n '2,9p' "$0"; exit 2 ;;
+    *) sed -n '2,11p' "$0"; exit 2 ;;
   esac
 done
 scripts/kafka-dev.sh install >/dev/null
