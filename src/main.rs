@@ -1,6 +1,7 @@
 //! The command line: thin on purpose; everything lives in the library.
 
-#![forbid(unsafe_code)]
+// One `unsafe` call, allowed where it is made: glibc's `mallopt` (below).
+#![deny(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     #[cfg(feature = "demo")]
     if let Some(Command::Demo {
@@ -105,6 +107,24 @@ fn main() -> ExitCode {
 fn toml_string(raw: &config::FileConfig) -> Result<String, String> {
     // The Secret wrapper serializes itself as "***".
     toml::to_string_pretty(raw).map_err(|e| e.to_string())
+}
+
+/// Two malloc arenas unless `MALLOC_ARENA_MAX` says otherwise. glibc gives
+/// threads that allocate at once arenas of their own (up to 8 per core), and
+/// the free memory each keeps stays resident; librdkafka's threads, tokio's
+/// worker and its blocking pool all allocate. Measured by `scripts/bench.sh`
+/// (10,000 topics, 5,000 events/s): peak RSS 31.1-32.1 MiB in three runs
+/// with the default, 28.6 MiB with two arenas, CPU per event unchanged.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: the first thing `main` does, while the process has one
+        // thread; mallopt only sets a tunable of glibc's allocator.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
 }
 
 /// One worker thread unless `TOKIO_WORKER_THREADS` says otherwise: the
