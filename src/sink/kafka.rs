@@ -231,6 +231,8 @@ pub async fn run(
     let mut incoming: Vec<Record> = Vec::new();
     let mut input_open = true;
     let gauge = &metrics().buffered_events;
+    // Metrics are updated once per batch of reports, not per record.
+    let latency = metrics().publish_latency.local();
     loop {
         let waiting = in_flight + retries.len();
         gauge.set(waiting as i64);
@@ -259,9 +261,18 @@ pub async fn run(
             () = reports.ready.notified(), if in_flight > 0 => {
                 reports.take(&mut delivered);
                 in_flight = in_flight.saturating_sub(delivered.len());
+                let now = SystemTime::now();
+                let mut published = 0;
                 for (record, result) in delivered.drain(..) {
-                    settle(record, result, &mut retries);
+                    if let Some(received_at) = settle(record, result, &mut retries) {
+                        published += 1;
+                        if let Ok(took) = now.duration_since(received_at) {
+                            latency.observe(took.as_secs_f64());
+                        }
+                    }
                 }
+                metrics().events_published.inc_by(published);
+                latency.flush();
             }
             () = sleep_until_opt(retry_at) => {
                 if let Some((_, record)) = retries.pop_front() {
@@ -294,18 +305,15 @@ pub async fn run(
 /// How many records the sink takes from its input at once.
 const INPUT_BATCH: usize = 256;
 
-/// Acts on one delivery report: counted, dropped for good, or retried.
+/// Acts on one delivery report: published (returns when the event was
+/// received; gap markers are not events), dropped for good, or retried.
 fn settle(
     record: Record,
     result: Result<(), KafkaError>,
     retries: &mut VecDeque<(Instant, Record)>,
-) {
+) -> Option<SystemTime> {
     match result {
-        Ok(()) => {
-            if let Some(at) = record.received_at {
-                events::published(1, SystemTime::now().duration_since(at).ok());
-            }
-        }
+        Ok(()) => return record.received_at,
         Err(error) if permanent(&error) => {
             events::dropped("kafka_rejected", &record.topic);
             tracing::error!(topic = %record.topic, error = %error, "Kafka refused the record for good.");
@@ -315,6 +323,7 @@ fn settle(
             retries.push_back((Instant::now() + RETRY_DELAY, record));
         }
     }
+    None
 }
 
 /// Hands one record to librdkafka; a full local queue or a transient error
