@@ -5,9 +5,8 @@
 //! notifications until the socket ends or it is told to stop. It reports what
 //! happens to its slot ([`SessionEvent`]) and never decides policy itself.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -86,22 +85,16 @@ pub struct Ended {
 /// timeout has not caught yet); a live server answers a close at once, so no
 /// answer means nothing was received since that last frame.
 #[derive(Debug, Default)]
-pub struct Farewell(AtomicU64);
+pub struct Farewell(OnceLock<SystemTime>);
 
 impl Farewell {
     fn unanswered(&self, last_frame: SystemTime) {
-        let ms = last_frame
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis().max(1) as u64);
-        self.0.store(ms, Ordering::Relaxed);
+        let _ = self.0.set(last_frame);
     }
 
     /// The last frame of a socket whose close went unanswered.
     pub fn silent_since(&self) -> Option<SystemTime> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
-        }
+        self.0.get().copied()
     }
 }
 

@@ -30,7 +30,8 @@ impl Hasher for PassThrough {
 }
 
 pub struct Dedup {
-    window: Duration,
+    /// The window's length, in the entries' unit (nanoseconds).
+    window_nanos: u64,
     capacity: usize,
     /// Entry times count from the first event: 8 bytes, not an Instant's 16.
     base: Option<Instant>,
@@ -48,6 +49,13 @@ struct Entry {
 }
 
 impl Entry {
+    fn new(at_nanos: u64, fingerprint: u128) -> Self {
+        Self {
+            at_nanos,
+            fingerprint: [(fingerprint >> 64) as u64, fingerprint as u64],
+        }
+    }
+
     fn fingerprint(&self) -> u128 {
         (u128::from(self.fingerprint[0]) << 64) | u128::from(self.fingerprint[1])
     }
@@ -62,7 +70,7 @@ impl Dedup {
     pub fn new(window: Duration, capacity: usize) -> Self {
         let initial = capacity.min(PREALLOCATE_UP_TO);
         Self {
-            window,
+            window_nanos: nanos(window),
             capacity,
             base: None,
             seen: HashSet::with_capacity_and_hasher(initial, Default::default()),
@@ -71,9 +79,9 @@ impl Dedup {
     }
 
     /// Nanoseconds from the first event to `now` (saturating).
-    fn nanos(&mut self, now: Instant) -> u64 {
+    fn since_base(&mut self, now: Instant) -> u64 {
         let base = *self.base.get_or_insert(now);
-        u64::try_from(now.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
+        nanos(now.saturating_duration_since(base))
     }
 
     pub fn fingerprint(topic: &str, body: &str) -> u128 {
@@ -86,7 +94,7 @@ impl Dedup {
 
     /// True the first time an event is seen within the window.
     pub fn first_seen(&mut self, fingerprint: u128, now: Instant) -> bool {
-        let now = self.nanos(now);
+        let now = self.since_base(now);
         self.expire(now);
         if !self.seen.insert(fingerprint) {
             return false;
@@ -96,10 +104,7 @@ impl Dedup {
                 self.seen.remove(&oldest.fingerprint());
             }
         }
-        self.order.push_back(Entry {
-            at_nanos: now,
-            fingerprint: [(fingerprint >> 64) as u64, fingerprint as u64],
-        });
+        self.order.push_back(Entry::new(now, fingerprint));
         true
     }
 
@@ -112,15 +117,19 @@ impl Dedup {
     }
 
     fn expire(&mut self, now: u64) {
-        let window = u64::try_from(self.window.as_nanos()).unwrap_or(u64::MAX);
         while let Some(oldest) = self.order.front() {
-            if now.saturating_sub(oldest.at_nanos) < window {
+            if now.saturating_sub(oldest.at_nanos) < self.window_nanos {
                 break;
             }
             self.seen.remove(&oldest.fingerprint());
             self.order.pop_front();
         }
     }
+}
+
+/// A duration in nanoseconds, saturating (u64 holds 584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

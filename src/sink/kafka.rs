@@ -305,7 +305,7 @@ pub async fn run(
 /// How many records the sink takes from its input at once.
 const INPUT_BATCH: usize = 256;
 
-/// Acts on one delivery report: published (returns when the event was
+/// Acts on one delivery outcome: published (returns when the event was
 /// received; gap markers are not events), dropped for good, or retried.
 fn settle(
     record: Record,
@@ -362,12 +362,9 @@ fn produce(
     ) {
         // librdkafka's own queue is full: wait for reports, never drop.
         retries.push_front((Instant::now() + Duration::from_millis(5), record));
-    } else if permanent(&error) {
-        events::dropped("kafka_rejected", &record.topic);
-        tracing::error!(topic = %record.topic, error = %error, "Kafka refused the record for good.");
     } else {
-        events::delivery_error(&record.topic, &error.to_string());
-        retries.push_back((Instant::now() + RETRY_DELAY, record));
+        // Refused at once: the same outcome as a failed delivery report.
+        settle(record, Err(error), retries);
     }
 }
 

@@ -119,21 +119,22 @@ pub fn single_holder_detected(shard: usize) {
 }
 
 pub fn gap_opened(shard: usize, reason: Reason, since: SystemTime) {
-    let ago_ms = SystemTime::now()
-        .duration_since(since)
-        .unwrap_or_default()
-        .as_millis() as u64;
+    let ago_ms = ms_ago(since);
     warn!(shard, reason = %reason, ago_ms, "Gap opened: no socket receiving this shard's topics.");
 }
 
 /// A socket stopped for a planned move had already gone silent: the shard
 /// was blind from its last frame, though no heartbeat timeout fired.
 pub fn silent_socket_replaced(shard: usize, since: SystemTime) {
-    let ago_ms = SystemTime::now()
+    let ago_ms = ms_ago(since);
+    warn!(shard, ago_ms, "A replaced socket did not answer its close: it had gone silent, and the shard was blind from its last frame.");
+}
+
+fn ms_ago(since: SystemTime) -> u64 {
+    SystemTime::now()
         .duration_since(since)
         .unwrap_or_default()
-        .as_millis() as u64;
-    warn!(shard, ago_ms, "A replaced socket did not answer its close: it had gone silent, and the shard was blind from its last frame.");
+        .as_millis() as u64
 }
 
 pub fn gap_closed(shard: usize, gap: &Gap) {
