@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use genesys_emulator::{Config as EmuConfig, Emulator, Failure, RequestKind, Target};
-use genesys_kafka_bridge::config::Settings;
+use genesys_kafka_bridge::config::{FileConfig, Settings};
 use genesys_kafka_bridge::connection;
 use genesys_kafka_bridge::event::Reason;
 use tokio::sync::mpsc;
@@ -271,49 +271,66 @@ fn assert_one_matching_gap(emu: &Emulator, out: &Collected, topics: &[String], r
     assert_eq!(&*ours.topics, topics);
 }
 
+/// Runs the manager (settings adjusted by `tweak`) over six topics, applies
+/// `fault` `before` into a steady stream and keeps streaming for `after`;
+/// then nothing deliverable may be lost and exactly one gap, for `reason`,
+/// must match the emulator's. Duplicates are allowed only when the run
+/// includes planned moves (their overlap is deduplicated downstream, not
+/// here). Returns what the manager handed on.
+async fn one_fault_one_gap(
+    emu: &Emulator,
+    tweak: impl FnOnce(&mut FileConfig),
+    before: Duration,
+    fault: impl FnOnce(),
+    after: Duration,
+    reason: Reason,
+    allow_duplicates: bool,
+) -> Collected {
+    let topics = emu.sample_topics(6);
+    let m = Manager::start(settings(emu, &topics, tweak));
+    covered(emu, &topics).await;
+    stream_through(emu, &topics, before, fault, after).await;
+    let out = m.stop().await;
+    assert_no_loss(emu, &out, allow_duplicates);
+    assert_one_matching_gap(emu, &out, &topics, reason);
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abrupt_drop_is_recovered_with_one_measured_gap() {
     let emu = emulator(quick_emulator()).await;
-    let topics = emu.sample_topics(6);
-    let m = Manager::start(settings(&emu, &topics, |_| {}));
-    covered(&emu, &topics).await;
-    stream_through(
+    one_fault_one_gap(
         &emu,
-        &topics,
+        |_| {},
         Duration::from_secs(1),
         || {
             emu.drop_sockets(Target::All);
         },
         Duration::from_secs(4),
+        Reason::SocketError,
+        false,
     )
     .await;
-    let out = m.stop().await;
-    assert_no_loss(&emu, &out, false);
-    assert_one_matching_gap(&emu, &out, &topics, Reason::SocketError);
     emu.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stall_is_detected_within_the_heartbeat_timeout() {
     let emu = emulator(quick_emulator()).await;
-    let topics = emu.sample_topics(6);
-    let m = Manager::start(settings(&emu, &topics, |_| {}));
-    covered(&emu, &topics).await;
     let stalled_at = std::sync::Mutex::new(None);
-    stream_through(
+    let out = one_fault_one_gap(
         &emu,
-        &topics,
+        |_| {},
         Duration::from_secs(1),
         || {
             *stalled_at.lock().expect("lock") = Some(SystemTime::now());
             emu.stall_sockets(Target::All);
         },
         Duration::from_secs(6),
+        Reason::HeartbeatTimeout,
+        false,
     )
     .await;
-    let out = m.stop().await;
-    assert_no_loss(&emu, &out, false);
-    assert_one_matching_gap(&emu, &out, &topics, Reason::HeartbeatTimeout);
     // Recovered within the 2 s heartbeat timeout plus the first backoff window.
     let gap = &out.gaps()[0];
     let stalled_at = stalled_at.lock().expect("lock").expect("stalled");
@@ -336,27 +353,22 @@ async fn a_silent_socket_replaced_by_a_planned_move_still_reports_its_gap() {
         ..quick_emulator()
     })
     .await;
-    let topics = emu.sample_topics(6);
-    let m = Manager::start(settings(&emu, &topics, |raw| {
-        // The watchdog would fire long after the move: only the move ends it.
-        raw.genesys.heartbeat_timeout = Duration::from_secs(30);
-    }));
-    covered(&emu, &topics).await;
     // The channel is rotated 4.5 s after it was made: stall the socket
     // shortly before, so it is silent well under a second when replaced.
-    stream_through(
+    one_fault_one_gap(
         &emu,
-        &topics,
+        // The watchdog would fire long after the move: only the move ends it.
+        |raw| raw.genesys.heartbeat_timeout = Duration::from_secs(30),
         Duration::from_millis(4000),
         || {
             emu.stall_sockets(Target::All);
         },
         Duration::from_secs(6),
+        Reason::HeartbeatTimeout,
+        // The channel also expires, and is moved, a second time in the run.
+        true,
     )
     .await;
-    let out = m.stop().await;
-    assert_no_loss(&emu, &out, false);
-    assert_one_matching_gap(&emu, &out, &topics, Reason::HeartbeatTimeout);
     emu.shutdown().await;
 }
 
