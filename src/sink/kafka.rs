@@ -6,10 +6,14 @@
 //! `overflow = "drop_newest"`, new records are dropped, counted and logged).
 //! A failed delivery is retried, never dropped.
 //!
-//! Delivery reports are collected by a producer context on rdkafka's polling
-//! thread and taken by the sink in batches ([`Reports`]): librdkafka reports
-//! a produce response's messages together, so that is one wake-up of the
-//! sink per response rather than a future and a channel per record.
+//! Delivery reports are collected by the sink's own task, which polls
+//! librdkafka's report queue whenever it runs anyway (after each batch of
+//! input) and on a short tick while records are in flight ([`TICK`]).
+//! librdkafka queues reports without waking anyone, so no polling thread
+//! sleeps and wakes for each produce response, and the sink is not woken
+//! for each either: on this kind of machine a thread's wake-up costs more
+//! than the bridge's own work on an event (see the README's Performance
+//! section).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -21,9 +25,9 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode as Code;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -63,29 +67,40 @@ pub fn client_config(kafka: &KafkaSection) -> ClientConfig {
     config
 }
 
-/// The producer the sink drives; clones share one librdkafka handle.
-pub type KafkaProducer = ThreadedProducer<Reports>;
+/// The producer the sink drives; clones share one librdkafka handle. Its
+/// delivery reports and errors are served by the sink's task ([`run`]).
+pub type KafkaProducer = Arc<BaseProducer<Reports>>;
 
 pub fn producer(kafka: &KafkaSection) -> Result<KafkaProducer, KafkaSinkError> {
-    Ok(ThreadedProducer::from_config_and_context(
+    Ok(Arc::new(BaseProducer::from_config_and_context(
         &client_config(kafka),
         Reports::default(),
-    )?)
+    )?))
 }
+
+/// How often the sink collects delivery reports while records are in
+/// flight, beyond the times it runs anyway: the most a report waits unseen.
+const TICK: Duration = Duration::from_millis(1);
+/// With nothing in flight the producer is still served (its errors, its
+/// logs), rarely.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// A delivery's outcome with its record (kept for a retry).
 type Pending = (Record, Result<(), KafkaError>);
 
-/// Delivery reports waiting for the sink: filled on rdkafka's polling
-/// thread, emptied by the sink's task, which is woken once however many
-/// reports arrived meanwhile.
+/// Delivery reports waiting for the sink: filled while the producer is
+/// polled (by the sink's task, or by a flush on a blocking thread), emptied
+/// by the sink.
 #[derive(Default)]
 pub struct Reports {
     done: Mutex<Vec<Pending>>,
-    ready: Notify,
 }
 
 impl Reports {
+    fn len(&self) -> usize {
+        self.done.lock().map_or(0, |done| done.len())
+    }
+
     /// Swaps the collected reports into `into` (empty), keeping both buffers.
     fn take(&self, into: &mut Vec<Pending>) {
         if let Ok(mut done) = self.done.lock() {
@@ -107,7 +122,6 @@ impl ProducerContext for Reports {
         if let Ok(mut done) = self.done.lock() {
             done.push((*record, outcome));
         }
-        self.ready.notify_one();
     }
 }
 
@@ -224,15 +238,12 @@ pub async fn run(
     mut new_topics: Option<NewTopics>,
     deadline: CancellationToken,
 ) {
-    let reports = producer.context().clone();
     let mut in_flight = 0usize;
     let mut retries: VecDeque<(Instant, Record)> = VecDeque::new();
-    let mut delivered: Vec<Pending> = Vec::new();
+    let mut reports = Settled::new(&producer);
     let mut incoming: Vec<Record> = Vec::new();
     let mut input_open = true;
     let gauge = &metrics().buffered_events;
-    // Metrics are updated once per batch of reports, not per record.
-    let latency = metrics().publish_latency.local();
     loop {
         let waiting = in_flight + retries.len();
         gauge.set(waiting as i64);
@@ -240,6 +251,7 @@ pub async fn run(
             break;
         }
         let retry_at = retries.front().map(|(at, _)| *at);
+        let poll_at = reports.polled + if in_flight > 0 { TICK } else { IDLE_POLL };
         // Take as many records as fit in the buffer (any number when
         // overflow drops), in batches, so a burst costs one wake-up.
         let room = if waiting < buffer {
@@ -258,21 +270,8 @@ pub async fn run(
                 tracing::error!(undelivered = waiting, flushed, "Shutdown deadline reached with events not yet acknowledged by Kafka.");
                 return;
             }
-            () = reports.ready.notified(), if in_flight > 0 => {
-                reports.take(&mut delivered);
-                in_flight = in_flight.saturating_sub(delivered.len());
-                let now = SystemTime::now();
-                let mut published = 0;
-                for (record, result) in delivered.drain(..) {
-                    if let Some(received_at) = settle(record, result, &mut retries) {
-                        published += 1;
-                        if let Ok(took) = now.duration_since(received_at) {
-                            latency.observe(took.as_secs_f64());
-                        }
-                    }
-                }
-                metrics().events_published.inc_by(published);
-                latency.flush();
+            () = tokio::time::sleep_until(poll_at) => {
+                reports.collect(&mut in_flight, &mut retries);
             }
             () = sleep_until_opt(retry_at) => {
                 if let Some((_, record)) = retries.pop_front() {
@@ -295,11 +294,68 @@ pub async fn run(
                     }
                     produce(&producer, record, &mut in_flight, &mut retries);
                 }
+                // Awake anyway: take whatever reports have come meanwhile.
+                reports.collect(&mut in_flight, &mut retries);
             }
         }
     }
     gauge.set(0);
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+}
+
+/// The sink's side of delivery reports: polls the producer, settles what
+/// came back and updates the metrics once per batch.
+struct Settled {
+    producer: KafkaProducer,
+    taken: Vec<Pending>,
+    latency: prometheus::local::LocalHistogram,
+    /// When the producer was last polled.
+    polled: Instant,
+}
+
+impl Settled {
+    fn new(producer: &KafkaProducer) -> Self {
+        Self {
+            producer: producer.clone(),
+            taken: Vec::new(),
+            latency: metrics().publish_latency.local(),
+            polled: Instant::now(),
+        }
+    }
+
+    /// Serves the producer's queue without waiting (delivery reports land
+    /// in [`Reports`], errors are logged) and settles every report.
+    fn collect(&mut self, in_flight: &mut usize, retries: &mut VecDeque<(Instant, Record)>) {
+        // A poll without waiting serves one event (one produce response's
+        // reports, or an error); serve until one brings no report.
+        let mut seen = self.producer.context().len();
+        loop {
+            self.producer.poll(Duration::ZERO);
+            let now = self.producer.context().len();
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+        self.polled = Instant::now();
+        self.producer.context().take(&mut self.taken);
+        if self.taken.is_empty() {
+            return;
+        }
+        *in_flight = in_flight.saturating_sub(self.taken.len());
+        let now = SystemTime::now();
+        let mut published = 0;
+        for (record, result) in self.taken.drain(..) {
+            if let Some(received_at) = settle(record, result, retries) {
+                published += 1;
+                if let Ok(took) = now.duration_since(received_at) {
+                    self.latency.observe(took.as_secs_f64());
+                }
+            }
+        }
+        metrics().events_published.inc_by(published);
+        self.latency.flush();
+    }
 }
 
 /// How many records the sink takes from its input at once.
