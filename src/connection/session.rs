@@ -171,9 +171,16 @@ struct Session<'a> {
     farewell: &'a Farewell,
 }
 
+/// How much a socket reads at once. tungstenite's default (128 KiB) zeroes
+/// and keeps that much per socket for every read; notifications are a few
+/// hundred bytes to a few KB, and a larger frame still grows the buffer to
+/// its size.
+const READ_BUFFER: usize = 16 * 1024;
+
 impl Session<'_> {
     async fn connect_and_run(self, cancel: &CancellationToken) -> Option<Ended> {
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(self.ctx.max_frame_bytes))
             .max_frame_size(Some(self.ctx.max_frame_bytes));
         let connect = tokio_tungstenite::connect_async_with_config(
