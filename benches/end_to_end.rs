@@ -153,6 +153,18 @@ async fn run(o: &Options) -> String {
         let topics = emu.sample_topics(o.topics);
         let bridge = Bridge::start(&emu, &topics, &brokers, &work.join("load"), &[]).await;
 
+        // What holding the subscriptions costs with no events: the part of
+        // the per-event figures below that does not depend on the rate.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (_, cpu, secs) = bridge.window(o.seconds / 2).await;
+        rows.push(row(
+            &format!("idle CPU ({} topics, no events)", o.topics),
+            None,
+            cpu / secs * 100.0,
+            "% of a core",
+            "",
+        ));
+
         emu.set_rate(5_000.0);
         let (published, cpu, secs) = bridge.window(o.seconds).await;
         let (_, peak) = bridge.memory_kib();
