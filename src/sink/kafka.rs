@@ -6,27 +6,30 @@
 //! `overflow = "drop_newest"`, new records are dropped, counted and logged).
 //! A failed delivery is retried, never dropped.
 //!
-//! Delivery reports are collected by the sink's own task, which polls
+//! Delivery reports are collected by the sink's own task, which serves
 //! librdkafka's report queue whenever it runs anyway (after each batch of
-//! input) and on a short tick while records are in flight ([`TICK`]).
-//! librdkafka queues reports without waking anyone, so no polling thread
-//! sleeps and wakes for each produce response, and the sink is not woken
-//! for each either: on this kind of machine a thread's wake-up costs more
-//! than the bridge's own work on an event (see the README's Performance
-//! section).
+//! input) and when librdkafka signals that reports are waiting
+//! ([`ReportSignal`]: one byte on a pipe, written once per stretch in which
+//! the queue is not being served). No polling thread sleeps and wakes for
+//! each produce response, and the sink is not woken for each either: on
+//! this kind of machine a thread's wake-up costs more than the bridge's own
+//! work on an event (see the README's Performance section).
 
 use std::collections::{HashSet, VecDeque};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::bindings;
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode as Code;
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -78,12 +81,73 @@ pub fn producer(kafka: &KafkaSection) -> Result<KafkaProducer, KafkaSinkError> {
     )?))
 }
 
-/// How often the sink collects delivery reports while records are in
-/// flight, beyond the times it runs anyway: the most a report waits unseen.
+/// How often the sink polls for delivery reports while records are in
+/// flight if librdkafka cannot signal them ([`ReportSignal`] failed).
 const TICK: Duration = Duration::from_millis(1);
-/// With nothing in flight the producer is still served (its errors, its
-/// logs), rarely.
+/// The producer is served at least this often whatever happens.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// librdkafka's wake-up for the sink: it writes a byte to a pipe when it
+/// queues a delivery report (or an error) for a queue nobody has served
+/// since the last byte (`rd_kafka_queue_io_event_enable`). The sink waits
+/// on the read end with the rest of its work, drains it, then serves the
+/// queue.
+struct ReportSignal {
+    producer: KafkaProducer,
+    read: pipe::Receiver,
+    /// Written by librdkafka's threads; closed only after librdkafka has
+    /// been told to stop writing ([`Drop`]).
+    _write: OwnedFd,
+}
+
+impl ReportSignal {
+    fn new(producer: &KafkaProducer) -> std::io::Result<Self> {
+        let (write, read) = pipe::pipe()?;
+        let write = write.into_nonblocking_fd()?;
+        io_event_enable(producer, write.as_raw_fd());
+        Ok(Self {
+            producer: producer.clone(),
+            read,
+            _write: write,
+        })
+    }
+
+    /// Waits for the signal and drains the pipe: call before serving the
+    /// queue, so a report queued after the serve writes a new byte.
+    async fn wait(&self) {
+        if self.read.readable().await.is_err() {
+            return std::future::pending().await;
+        }
+        let mut buf = [0u8; 64];
+        while matches!(self.read.try_read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+impl Drop for ReportSignal {
+    fn drop(&mut self) {
+        io_event_enable(&self.producer, -1);
+    }
+}
+
+/// Tells librdkafka to write a byte to `fd` when the producer's main queue
+/// (delivery reports, errors) gets an event, or (`fd == -1`) to stop.
+#[allow(unsafe_code)]
+fn io_event_enable(producer: &KafkaProducer, fd: RawFd) {
+    const PAYLOAD: [u8; 1] = [1];
+    // SAFETY: the client pointer is valid while `producer` lives.
+    // rd_kafka_queue_get_main returns a new reference to the main queue,
+    // released by rd_kafka_queue_destroy (the queue itself lives on).
+    // librdkafka copies the payload. The fd stays open until this is called
+    // again with -1 (ReportSignal's Drop, before its fd field is dropped).
+    unsafe {
+        let queue = bindings::rd_kafka_queue_get_main(producer.client().native_ptr());
+        if queue.is_null() {
+            return;
+        }
+        bindings::rd_kafka_queue_io_event_enable(queue, fd, PAYLOAD.as_ptr().cast(), PAYLOAD.len());
+        bindings::rd_kafka_queue_destroy(queue);
+    }
+}
 
 /// A delivery's outcome with its record (kept for a retry).
 type Pending = (Record, Result<(), KafkaError>);
@@ -241,6 +305,9 @@ pub async fn run(
     let mut in_flight = 0usize;
     let mut retries: VecDeque<(Instant, Record)> = VecDeque::new();
     let mut reports = Settled::new(&producer);
+    let signal = ReportSignal::new(&producer)
+        .inspect_err(|e| tracing::warn!(error = %e, "No wake-up from librdkafka for delivery reports; polling every millisecond instead."))
+        .ok();
     let mut incoming: Vec<Record> = Vec::new();
     let mut input_open = true;
     let gauge = &metrics().buffered_events;
@@ -251,7 +318,12 @@ pub async fn run(
             break;
         }
         let retry_at = retries.front().map(|(at, _)| *at);
-        let poll_at = reports.polled + if in_flight > 0 { TICK } else { IDLE_POLL };
+        let poll_at = reports.polled
+            + if in_flight > 0 && signal.is_none() {
+                TICK
+            } else {
+                IDLE_POLL
+            };
         // Take as many records as fit in the buffer (any number when
         // overflow drops), in batches, so a burst costs one wake-up.
         let room = if waiting < buffer {
@@ -269,6 +341,9 @@ pub async fn run(
                 metrics().events_dropped.with_label_values(&["shutdown"]).inc_by(waiting as u64);
                 tracing::error!(undelivered = waiting, flushed, "Shutdown deadline reached with events not yet acknowledged by Kafka.");
                 return;
+            }
+            () = async { signal.as_ref().expect("guarded by the select condition").wait().await }, if signal.is_some() => {
+                reports.collect(&mut in_flight, &mut retries);
             }
             () = tokio::time::sleep_until(poll_at) => {
                 reports.collect(&mut in_flight, &mut retries);
