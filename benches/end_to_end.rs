@@ -27,8 +27,9 @@ struct Options {
     max_rate: f64,
     seconds: u64,
     drops: usize,
-    /// `BENCH_ONLY=load`: only the 10,000-topic load phase (experiments).
-    load_only: bool,
+    /// `BENCH_ONLY=load` or `BENCH_ONLY=latency`: that phase alone
+    /// (experiments); unset: every phase.
+    only: Option<String>,
 }
 
 impl Options {
@@ -44,8 +45,24 @@ impl Options {
             max_rate: get("BENCH_MAX_RATE", 150_000.0),
             seconds: get("BENCH_SECONDS", 20.0) as u64,
             drops: get("BENCH_DROPS", 50.0) as usize,
-            load_only: std::env::var("BENCH_ONLY").is_ok_and(|v| v == "load"),
+            only: std::env::var("BENCH_ONLY").ok().filter(|v| !v.is_empty()),
         }
+    }
+
+    const PHASES: [&str; 3] = ["idle", "load", "latency"];
+
+    fn check(&self) {
+        if let Some(only) = &self.only {
+            assert!(
+                Self::PHASES.contains(&only.as_str()),
+                "BENCH_ONLY={only}: expected one of {:?}, or unset for every phase",
+                Self::PHASES
+            );
+        }
+    }
+
+    fn runs(&self, phase: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == phase)
     }
 }
 
@@ -54,6 +71,7 @@ fn main() {
         return; // `cargo bench -- --list` asks harness-less benches for names
     }
     let options = Options::from_env();
+    options.check();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -121,7 +139,7 @@ async fn run(o: &Options) -> String {
     let mut rows = Vec::new();
 
     // 1. Idle: 10 topics, no events.
-    if !o.load_only {
+    if o.runs("idle") {
         let emu = emulator(EmuConfig::default()).await;
         let topics = emu.sample_topics(10);
         let bridge = Bridge::start(&emu, &topics, &brokers, &work.join("idle"), &[]).await;
@@ -143,7 +161,7 @@ async fn run(o: &Options) -> String {
     }
 
     // 2. 10,000 topics: 5,000 events/s for memory, then as fast as it goes.
-    {
+    if o.runs("load") {
         let emu = emulator(EmuConfig {
             record_mode: RecordMode::Compact,
             socket_queue_capacity: 65_536,
@@ -218,7 +236,7 @@ async fn run(o: &Options) -> String {
 
     // 3. Latency at 1,000 events/s (default linger 5 ms), then abrupt
     // drops with the default backoff, then planned moves.
-    if !o.load_only {
+    if o.runs("latency") {
         let emu = emulator(EmuConfig {
             socket_closing_grace: Duration::from_secs(3),
             ..EmuConfig::default()

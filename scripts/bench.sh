@@ -4,7 +4,7 @@
 #   scripts/bench.sh [--topics 10000] [--max-rate 150000] [--seconds 20] [--drops 50]
 #   scripts/bench.sh --hot-path      # also the per-event criterion benches
 #   BENCH_ONLY=load BENCH_BRIDGE_ENV=GENESYS_BRIDGE_KAFKA__PARTITIONS=1 scripts/bench.sh
-#                                    # experiments: the load phase only, settings overridden
+#                                    # experiments: one phase only (load, latency), settings overridden
 #
 # Prints one table (measure, target, result, verdict) and writes it to
 # target/bench/end-to-end.md. Takes about 8 minutes with the defaults.
