@@ -20,9 +20,7 @@ pub(crate) struct Pools<'a> {
     pub queue_ids: &'a [String],
 }
 
-fn uuid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
+use crate::state::fast_uuid as uuid;
 
 fn pick<'a, R: Rng>(rng: &mut R, items: &'a [&'a str]) -> &'a str {
     items.choose(rng).copied().unwrap_or_default()

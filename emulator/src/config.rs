@@ -61,6 +61,13 @@ pub struct Config {
     /// Topics the generator publishes to; empty means every topic that is
     /// subscribed on some channel at that moment.
     pub generator_topics: Vec<String>,
+    /// Events that share one generated body on a topic. Each still gets its
+    /// own `emulatorSequence`, so a client's dedup sees distinct events, but
+    /// they keep the body's correlation id and timestamps. 1 (the default)
+    /// builds a fresh body for every event; more makes the generator
+    /// cheaper, for benchmarks in which the emulator shares the machine with
+    /// what it measures.
+    pub body_reuse: u32,
     /// Organization id put into system messages.
     pub org_id: String,
     /// User ids the generator and [`crate::Emulator::sample_topics`] use.
@@ -103,6 +110,7 @@ impl Default for Config {
             send_token_revoked: false,
             rate: 0.0,
             generator_topics: Vec::new(),
+            body_reuse: 1,
             org_id: uuid::Uuid::new_v4().to_string(),
             user_ids: generated_ids(DEFAULT_USERS),
             queue_ids: generated_ids(DEFAULT_QUEUES),
@@ -179,6 +187,7 @@ impl Config {
             ("socket_queue_capacity", self.socket_queue_capacity == 0),
             ("max_request_records", self.max_request_records == 0),
             ("max_records", self.max_records == Some(0)),
+            ("body_reuse", self.body_reuse == 0),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, zero)| *zero) {
             return Err(ConfigError::Zero(name));

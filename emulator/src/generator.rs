@@ -5,8 +5,10 @@
 //! is due, building the frames outside the state lock and publishing a whole
 //! tick's batch under one lock, so tens of thousands of events per second
 //! stay cheap. A backlog larger than one second is dropped rather than
-//! burst out.
+//! burst out. With `body_reuse` above 1, a topic's frame serves that many
+//! events (each with its own sequence) before a new one is built.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rate_rx: watch::Receiver<f64>) 
         .collect();
     let mut cache_version = u64::MAX;
     let mut subscribed: Vec<Arc<str>> = Vec::new();
+    let mut frames = Frames::new(shared.config.body_reuse);
     loop {
         // Read together with the epoch: `set_rate` changes both under the
         // state lock, so a batch can be tied to the rate it was built for.
@@ -87,6 +90,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rate_rx: watch::Receiver<f64>) 
                     cache_version = st.sub_version;
                     subscribed = st.subscribed_topics();
                     subscribed.sort_unstable();
+                    frames.kept.clear();
                 }
                 &subscribed
             } else {
@@ -102,8 +106,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rate_rx: watch::Receiver<f64>) 
             while left > 0 {
                 let k = left.min(CHUNK);
                 left -= k;
-                let frames = build(&shared, topics, k);
-                if shared.publish_prepared(frames, Some(epoch)).is_empty() {
+                let batch = frames.build(&shared, topics, k);
+                if shared.publish_prepared(batch, Some(epoch)).is_empty() {
                     break; // the rate changed meanwhile
                 }
                 tokio::task::yield_now().await;
@@ -112,19 +116,48 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rate_rx: watch::Receiver<f64>) 
     }
 }
 
-fn build(shared: &Shared, topics: &[Arc<str>], n: usize) -> Vec<Prepared> {
-    let c = &shared.config;
-    let pools = Pools {
-        org_id: &c.org_id,
-        user_ids: &c.user_ids,
-        queue_ids: &c.queue_ids,
-    };
-    let mut rng = rand::rng();
-    (0..n)
-        .filter_map(|_| {
-            let topic = topics.choose(&mut rng)?;
-            let body = bodies::for_topic(&mut rng, &pools, topic);
-            Some(Prepared::new(topic, &body.to_string()))
-        })
-        .collect()
+/// The frames the generator publishes, each kept for `reuse` events on its
+/// topic.
+struct Frames {
+    reuse: u32,
+    /// A topic's frame and how many more events it serves.
+    kept: HashMap<Arc<str>, (Arc<Prepared>, u32)>,
+}
+
+impl Frames {
+    fn new(reuse: u32) -> Self {
+        Self {
+            reuse,
+            kept: HashMap::new(),
+        }
+    }
+
+    /// `n` frames on topics drawn at random.
+    fn build(&mut self, shared: &Shared, topics: &[Arc<str>], n: usize) -> Vec<Arc<Prepared>> {
+        let c = &shared.config;
+        let pools = Pools {
+            org_id: &c.org_id,
+            user_ids: &c.user_ids,
+            queue_ids: &c.queue_ids,
+        };
+        let mut rng = rand::rng();
+        (0..n)
+            .filter_map(|_| {
+                let topic = topics.choose(&mut rng)?;
+                if let Some((frame, left)) = self.kept.get_mut(topic) {
+                    if *left > 0 {
+                        *left -= 1;
+                        return Some(frame.clone());
+                    }
+                }
+                let body = bodies::for_topic(&mut rng, &pools, topic);
+                let frame = Arc::new(Prepared::new(topic, &body.to_string()));
+                if self.reuse > 1 {
+                    self.kept
+                        .insert(topic.clone(), (frame.clone(), self.reuse - 1));
+                }
+                Some(frame)
+            })
+            .collect()
+    }
 }

@@ -86,6 +86,11 @@ struct Args {
     #[arg(long = "generator-topic", value_name = "TOPIC")]
     generator_topics: Vec<String>,
 
+    /// Events that share one generated body on a topic (each keeps its own
+    /// emulatorSequence); more than 1 makes the generator cheaper.
+    #[arg(long, default_value_t = 1)]
+    body_reuse: u32,
+
     /// Number of generated user ids.
     #[arg(long, default_value_t = genesys_emulator::config::DEFAULT_USERS)]
     users: usize,
@@ -136,6 +141,7 @@ impl Args {
             send_token_revoked: self.send_token_revoked,
             rate: self.rate,
             generator_topics: self.generator_topics,
+            body_reuse: self.body_reuse,
             org_id: defaults.org_id,
             user_ids: genesys_emulator::config::generated_ids(self.users),
             queue_ids: genesys_emulator::config::generated_ids(self.queues),

@@ -12,6 +12,7 @@
 //! and every change goes through [`State::refresh_health`], which is what
 //! keeps the per-topic healthy counts, and so the coverage gaps, exact.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -104,7 +105,11 @@ impl Shared {
     /// Publishes prepared frames, all under one lock, and returns their
     /// sequence numbers. With `epoch`, publishes nothing if the generator
     /// rate changed since the batch was built.
-    pub(crate) fn publish_prepared(&self, frames: Vec<Prepared>, epoch: Option<u64>) -> Vec<u64> {
+    pub(crate) fn publish_prepared<P: Borrow<Prepared>>(
+        &self,
+        frames: Vec<P>,
+        epoch: Option<u64>,
+    ) -> Vec<u64> {
         let mut st = lock(&self.state);
         if epoch.is_some_and(|e| e != st.rate_epoch) {
             return Vec::new();
@@ -114,6 +119,7 @@ impl Shared {
         let mut seqs = Vec::with_capacity(frames.len());
         let mut overflow = Vec::new();
         for p in frames {
+            let p = p.borrow();
             let seq = st.next_seq;
             st.next_seq += 1;
             let text = Utf8Bytes::from(p.assemble(seq));

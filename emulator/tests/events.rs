@@ -127,6 +127,52 @@ async fn generator_on_fixed_topics_records_undeliverable_events() {
 }
 
 #[tokio::test]
+async fn body_reuse_shares_a_frame_among_events_with_their_own_sequences() {
+    let emu = start(Config {
+        body_reuse: 4,
+        ..fast_config()
+    })
+    .await;
+    let api = Api::login(&emu).await;
+    let (channel, uri) = api.create_channel().await;
+    let topics = emu.sample_topics(1);
+    api.put(&channel, &[topics[0].as_str()]).await;
+    let mut ws = connect(&uri).await;
+    emu.set_rate(200.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    emu.set_rate(0.0);
+    assert!(emu.settle(2 * SEC).await);
+
+    let mut frames = Vec::new();
+    while let Some(Message::Text(t)) = next_msg(&mut ws, SHORT).await {
+        frames.push(t.to_string());
+    }
+    let seqs: Vec<u64> = frames.iter().filter_map(|t| seq_of(t)).collect();
+    assert!(seqs.len() >= 12, "{} events", seqs.len());
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequences {seqs:?}");
+    // Without its sequence, each frame is its group's first; groups differ.
+    let rest: Vec<String> = frames
+        .iter()
+        .map(|t| {
+            let mut v: Value = serde_json::from_str(t).expect("json");
+            v["eventBody"]
+                .as_object_mut()
+                .expect("object body")
+                .remove("emulatorSequence");
+            v.to_string()
+        })
+        .collect();
+    for (i, r) in rest.iter().enumerate() {
+        if i % 4 == 0 {
+            assert!(i == 0 || *r != rest[i - 1], "frame {i} starts a new body");
+        } else {
+            assert_eq!(*r, rest[i - i % 4], "frame {i} reuses its group's body");
+        }
+    }
+    emu.shutdown().await;
+}
+
+#[tokio::test]
 async fn publish_body_carries_the_given_body_and_a_fresh_sequence() {
     let emu = start(fast_config()).await;
     let api = Api::login(&emu).await;
