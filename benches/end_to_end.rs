@@ -139,13 +139,16 @@ fn fmt_num(v: f64) -> String {
 }
 
 async fn run(o: &Options) -> String {
-    let broker = PrivateBroker::start(BROKER_PORT, "memory");
-    let brokers = broker.brokers();
+    // Each phase gets a fresh broker: Tansu's memory storage keeps every
+    // record in RAM, and the load phase leaves millions of them.
+    let fresh_broker = || PrivateBroker::start(BROKER_PORT, "memory");
     let work = repo().join("target/bench/work");
     let mut rows = Vec::new();
 
     // 1. Idle: 10 topics, no events.
     if o.runs("idle") {
+        let broker = fresh_broker();
+        let brokers = broker.brokers();
         let emu = emulator(EmuConfig::default()).await;
         let topics = emu.sample_topics(10);
         let bridge = Bridge::start(&emu, &topics, &brokers, &work.join("idle"), &[]).await;
@@ -168,6 +171,8 @@ async fn run(o: &Options) -> String {
 
     // 2. 10,000 topics: 5,000 events/s for memory, then as fast as it goes.
     if o.runs("load") {
+        let broker = fresh_broker();
+        let brokers = broker.brokers();
         let emu = emulator(EmuConfig {
             record_mode: RecordMode::Compact,
             socket_queue_capacity: 65_536,
@@ -294,6 +299,8 @@ async fn run(o: &Options) -> String {
     // 3. Latency at 1,000 events/s (default linger 5 ms), then abrupt
     // drops with the default backoff, then planned moves.
     if o.runs("latency") {
+        let broker = fresh_broker();
+        let brokers = broker.brokers();
         let emu = emulator(EmuConfig {
             socket_closing_grace: Duration::from_secs(3),
             ..EmuConfig::default()
@@ -380,7 +387,6 @@ async fn run(o: &Options) -> String {
         bridge.stop().await;
         emu.shutdown().await;
     }
-    drop(broker);
     render(&rows)
 }
 
