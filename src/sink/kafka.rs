@@ -86,12 +86,15 @@ pub fn producer(kafka: &KafkaSection) -> Result<KafkaProducer, KafkaSinkError> {
 const TICK: Duration = Duration::from_millis(1);
 /// The producer is served at least this often whatever happens.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Most events served by one collection, so other work is not starved.
+const MAX_POLLS: usize = 4096;
 
-/// librdkafka's wake-up for the sink: it writes a byte to a pipe when it
-/// queues a delivery report (or an error) for a queue nobody has served
-/// since the last byte (`rd_kafka_queue_io_event_enable`). The sink waits
-/// on the read end with the rest of its work, drains it, then serves the
-/// queue.
+/// librdkafka's wake-up for the sink: it writes a byte to a pipe when the
+/// producer's main queue (delivery reports, errors, log lines) goes from
+/// empty to not empty, at most once between two serves
+/// (`rd_kafka_queue_io_event_enable`). The sink waits on the read end with
+/// the rest of its work, drains it, then serves the queue until it is
+/// empty ([`Settled::collect`]), so that the next event signals again.
 struct ReportSignal {
     producer: KafkaProducer,
     read: pipe::Receiver,
@@ -104,7 +107,9 @@ impl ReportSignal {
     fn new(producer: &KafkaProducer) -> std::io::Result<Self> {
         let (write, read) = pipe::pipe()?;
         let write = write.into_nonblocking_fd()?;
-        io_event_enable(producer, write.as_raw_fd());
+        if !io_event_enable(producer, write.as_raw_fd()) {
+            return Err(std::io::Error::other("librdkafka has no main queue"));
+        }
         Ok(Self {
             producer: producer.clone(),
             read,
@@ -113,13 +118,22 @@ impl ReportSignal {
     }
 
     /// Waits for the signal and drains the pipe: call before serving the
-    /// queue, so a report queued after the serve writes a new byte.
-    async fn wait(&self) {
+    /// queue, so a report queued after the serve writes a new byte. False
+    /// if the pipe failed (the sink then polls on its own).
+    async fn wait(&self) -> bool {
         if self.read.readable().await.is_err() {
-            return std::future::pending().await;
+            return false;
         }
         let mut buf = [0u8; 64];
-        while matches!(self.read.try_read(&mut buf), Ok(n) if n > 0) {}
+        loop {
+            match self.read.try_read(&mut buf) {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                // End of file or an error: it would stay readable for ever.
+                Ok(_) | Err(_) => return false,
+            }
+        }
     }
 }
 
@@ -130,9 +144,10 @@ impl Drop for ReportSignal {
 }
 
 /// Tells librdkafka to write a byte to `fd` when the producer's main queue
-/// (delivery reports, errors) gets an event, or (`fd == -1`) to stop.
+/// (delivery reports, errors, logs) goes from empty to not empty, or
+/// (`fd == -1`) to stop. False if there is no main queue.
 #[allow(unsafe_code)]
-fn io_event_enable(producer: &KafkaProducer, fd: RawFd) {
+fn io_event_enable(producer: &KafkaProducer, fd: RawFd) -> bool {
     const PAYLOAD: [u8; 1] = [1];
     // SAFETY: the client pointer is valid while `producer` lives.
     // rd_kafka_queue_get_main returns a new reference to the main queue,
@@ -142,10 +157,27 @@ fn io_event_enable(producer: &KafkaProducer, fd: RawFd) {
     unsafe {
         let queue = bindings::rd_kafka_queue_get_main(producer.client().native_ptr());
         if queue.is_null() {
-            return;
+            return false;
         }
         bindings::rd_kafka_queue_io_event_enable(queue, fd, PAYLOAD.as_ptr().cast(), PAYLOAD.len());
         bindings::rd_kafka_queue_destroy(queue);
+    }
+    true
+}
+
+/// Events waiting in the producer's main queue.
+#[allow(unsafe_code)]
+fn main_queue_len(producer: &KafkaProducer) -> usize {
+    // SAFETY: as in `io_event_enable`; rd_kafka_queue_length only reads
+    // the queue's length under its lock.
+    unsafe {
+        let queue = bindings::rd_kafka_queue_get_main(producer.client().native_ptr());
+        if queue.is_null() {
+            return 0;
+        }
+        let len = bindings::rd_kafka_queue_length(queue);
+        bindings::rd_kafka_queue_destroy(queue);
+        len
     }
 }
 
@@ -305,7 +337,7 @@ pub async fn run(
     let mut in_flight = 0usize;
     let mut retries: VecDeque<(Instant, Record)> = VecDeque::new();
     let mut reports = Settled::new(&producer);
-    let signal = ReportSignal::new(&producer)
+    let mut signal = ReportSignal::new(&producer)
         .inspect_err(|e| tracing::warn!(error = %e, "No wake-up from librdkafka for delivery reports; polling every millisecond instead."))
         .ok();
     let mut incoming: Vec<Record> = Vec::new();
@@ -342,7 +374,11 @@ pub async fn run(
                 tracing::error!(undelivered = waiting, flushed, "Shutdown deadline reached with events not yet acknowledged by Kafka.");
                 return;
             }
-            () = async { signal.as_ref().expect("guarded by the select condition").wait().await }, if signal.is_some() => {
+            healthy = async { signal.as_ref().expect("guarded by the select condition").wait().await }, if signal.is_some() => {
+                if !healthy {
+                    tracing::warn!("librdkafka's wake-up pipe failed; polling for delivery reports every millisecond instead.");
+                    signal = None;
+                }
                 reports.collect(&mut in_flight, &mut retries);
             }
             () = tokio::time::sleep_until(poll_at) => {
@@ -402,17 +438,24 @@ impl Settled {
     /// in [`Reports`], errors are logged) and settles every report.
     fn collect(&mut self, in_flight: &mut usize, retries: &mut VecDeque<(Instant, Record)>) {
         // A poll without waiting serves one event (one produce response's
-        // reports, or an error); serve until one brings no report.
+        // reports, an error or a log line). Serve until the queue is empty:
+        // librdkafka signals only a queue that goes from empty to not empty.
+        self.polled = Instant::now();
         let mut seen = self.producer.context().len();
-        loop {
+        let mut served_all = false;
+        for _ in 0..MAX_POLLS {
             self.producer.poll(Duration::ZERO);
             let now = self.producer.context().len();
-            if now == seen {
+            if now == seen && main_queue_len(&self.producer) == 0 {
+                served_all = true;
                 break;
             }
             seen = now;
         }
-        self.polled = Instant::now();
+        if !served_all {
+            // The rest at the next turn of the loop, not the next signal.
+            self.polled = self.polled.checked_sub(IDLE_POLL).unwrap_or(self.polled);
+        }
         self.producer.context().take(&mut self.taken);
         if self.taken.is_empty() {
             return;
