@@ -260,14 +260,13 @@ async fn run(o: &Options) -> String {
         let settled = emu.settle(Duration::from_secs(60)).await;
         let offered = emu.event_stats().deliverable as f64;
         let queued = stopped.elapsed().as_secs_f64();
-        let mut published = 0.0;
-        while stopped.elapsed() < Duration::from_secs(60) {
-            published = bridge.metric("genesys_bridge_events_published_total").await;
-            if published >= offered {
-                break;
+        let published = loop {
+            let published = bridge.metric("genesys_bridge_events_published_total").await;
+            if published >= offered || stopped.elapsed() > Duration::from_secs(120) {
+                break published;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         rows.push(row(
             "after the load: time to publish what was still queued",
             None,

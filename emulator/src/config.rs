@@ -146,6 +146,7 @@ impl fmt::Debug for Config {
             .field("send_token_revoked", &self.send_token_revoked)
             .field("rate", &self.rate)
             .field("generator_topics", &self.generator_topics)
+            .field("body_reuse", &self.body_reuse)
             .field("org_id", &self.org_id)
             .field("user_ids", &self.user_ids.len())
             .field("queue_ids", &self.queue_ids.len())

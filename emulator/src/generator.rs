@@ -57,6 +57,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rate_rx: watch::Receiver<f64>) 
             }
         }
         tracing::info!(rate, "Generator running.");
+        // Kept bodies carry the time they were built: none outlives a rate.
+        frames.kept.clear();
         let tick = Duration::from_secs_f64(1.0 / rate).clamp(MIN_TICK, MAX_TICK);
         let mut ticker = interval(tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
