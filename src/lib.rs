@@ -12,7 +12,7 @@
 //! - [`app`]: wires the stages and owns shutdown; the binary is a thin CLI
 //!   around [`app::run`], and the tests call the same function.
 
-#![deny(unsafe_code)] // audited exceptions: sink::kafka::{io_event_enable, main_queue_len} (FFI)
+#![deny(unsafe_code)] // one audited exception: sink::kafka::ffi (librdkafka calls)
 
 pub mod admin;
 pub mod app;

@@ -9,20 +9,19 @@
 //! Delivery reports are collected by the sink's own task, which serves
 //! librdkafka's report queue whenever it runs anyway (after each batch of
 //! input) and when librdkafka signals that reports are waiting
-//! ([`ReportSignal`]: one byte on a pipe, written once per stretch in which
-//! the queue is not being served). No polling thread sleeps and wakes for
+//! ([`ReportSignal`]: one byte on a pipe, written when the queue goes from
+//! empty to not empty). No polling thread sleeps and wakes for
 //! each produce response, and the sink is not woken for each either: on
 //! this kind of machine a thread's wake-up costs more than the bridge's own
 //! work on an event (see the README's Performance section).
 
 use std::collections::{HashSet, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::bindings;
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -107,7 +106,7 @@ impl ReportSignal {
     fn new(producer: &KafkaProducer) -> std::io::Result<Self> {
         let (write, read) = pipe::pipe()?;
         let write = write.into_nonblocking_fd()?;
-        if !io_event_enable(producer, write.as_raw_fd()) {
+        if !ffi::io_event_enable(producer, write.as_raw_fd()) {
             return Err(std::io::Error::other("librdkafka has no main queue"));
         }
         Ok(Self {
@@ -139,45 +138,72 @@ impl ReportSignal {
 
 impl Drop for ReportSignal {
     fn drop(&mut self) {
-        io_event_enable(&self.producer, -1);
+        ffi::io_event_enable(&self.producer, -1);
     }
 }
 
-/// Tells librdkafka to write a byte to `fd` when the producer's main queue
-/// (delivery reports, errors, logs) goes from empty to not empty, or
-/// (`fd == -1`) to stop. False if there is no main queue.
-#[allow(unsafe_code)]
-fn io_event_enable(producer: &KafkaProducer, fd: RawFd) -> bool {
-    const PAYLOAD: [u8; 1] = [1];
-    // SAFETY: the client pointer is valid while `producer` lives.
-    // rd_kafka_queue_get_main returns a new reference to the main queue,
-    // released by rd_kafka_queue_destroy (the queue itself lives on).
-    // librdkafka copies the payload. The fd stays open until this is called
-    // again with -1 (ReportSignal's Drop, before its fd field is dropped).
-    unsafe {
-        let queue = bindings::rd_kafka_queue_get_main(producer.client().native_ptr());
-        if queue.is_null() {
-            return false;
-        }
-        bindings::rd_kafka_queue_io_event_enable(queue, fd, PAYLOAD.as_ptr().cast(), PAYLOAD.len());
-        bindings::rd_kafka_queue_destroy(queue);
-    }
-    true
-}
+/// The calls into librdkafka the bindings do not wrap, on the producer's
+/// main queue (delivery reports, errors, log lines): the crate's one
+/// audited exception to `deny(unsafe_code)`.
+mod ffi {
+    #![allow(unsafe_code)]
 
-/// Events waiting in the producer's main queue.
-#[allow(unsafe_code)]
-fn main_queue_len(producer: &KafkaProducer) -> usize {
-    // SAFETY: as in `io_event_enable`; rd_kafka_queue_length only reads
-    // the queue's length under its lock.
-    unsafe {
-        let queue = bindings::rd_kafka_queue_get_main(producer.client().native_ptr());
-        if queue.is_null() {
-            return 0;
+    use std::os::fd::RawFd;
+
+    use rdkafka::bindings::{self, rd_kafka_queue_t};
+    use rdkafka::producer::Producer;
+
+    use super::KafkaProducer;
+
+    /// Runs `f` on a reference to the main queue; `None` if there is none.
+    ///
+    /// # Safety
+    /// `f` may use the pointer only during the call.
+    unsafe fn with_main_queue<T>(
+        producer: &KafkaProducer,
+        f: impl FnOnce(*mut rd_kafka_queue_t) -> T,
+    ) -> Option<T> {
+        // SAFETY: the client pointer is valid while `producer` lives.
+        // rd_kafka_queue_get_main returns a new reference to the main
+        // queue, released by rd_kafka_queue_destroy (the queue lives on).
+        unsafe {
+            let queue = bindings::rd_kafka_queue_get_main(producer.client().native_ptr());
+            if queue.is_null() {
+                return None;
+            }
+            let out = f(queue);
+            bindings::rd_kafka_queue_destroy(queue);
+            Some(out)
         }
-        let len = bindings::rd_kafka_queue_length(queue);
-        bindings::rd_kafka_queue_destroy(queue);
-        len
+    }
+
+    /// Tells librdkafka to write a byte to `fd` when the main queue goes
+    /// from empty to not empty, or (`fd == -1`) to stop. False if there is
+    /// no main queue.
+    pub(super) fn io_event_enable(producer: &KafkaProducer, fd: RawFd) -> bool {
+        const PAYLOAD: [u8; 1] = [1];
+        // SAFETY: the queue is used during the call only; librdkafka copies
+        // the payload. The fd stays open until this is called again with -1
+        // (ReportSignal's Drop, before its fd field is dropped).
+        unsafe {
+            with_main_queue(producer, |queue| {
+                bindings::rd_kafka_queue_io_event_enable(
+                    queue,
+                    fd,
+                    PAYLOAD.as_ptr().cast(),
+                    PAYLOAD.len(),
+                )
+            })
+        }
+        .is_some()
+    }
+
+    /// Events waiting in the main queue.
+    pub(super) fn main_queue_len(producer: &KafkaProducer) -> usize {
+        // SAFETY: the queue is used during the call only;
+        // rd_kafka_queue_length reads its length under its lock.
+        unsafe { with_main_queue(producer, |queue| bindings::rd_kafka_queue_length(queue)) }
+            .unwrap_or(0)
     }
 }
 
@@ -193,10 +219,6 @@ pub struct Reports {
 }
 
 impl Reports {
-    fn len(&self) -> usize {
-        self.done.lock().map_or(0, |done| done.len())
-    }
-
     /// Swaps the collected reports into `into` (empty), keeping both buffers.
     fn take(&self, into: &mut Vec<Pending>) {
         if let Ok(mut done) = self.done.lock() {
@@ -441,17 +463,10 @@ impl Settled {
         // reports, an error or a log line). Serve until the queue is empty:
         // librdkafka signals only a queue that goes from empty to not empty.
         self.polled = Instant::now();
-        let mut seen = self.producer.context().len();
-        let mut served_all = false;
-        for _ in 0..MAX_POLLS {
+        let served_all = (0..MAX_POLLS).any(|_| {
             self.producer.poll(Duration::ZERO);
-            let now = self.producer.context().len();
-            if now == seen && main_queue_len(&self.producer) == 0 {
-                served_all = true;
-                break;
-            }
-            seen = now;
-        }
+            ffi::main_queue_len(&self.producer) == 0
+        });
         if !served_all {
             // The rest at the next turn of the loop, not the next signal.
             self.polled = self.polled.checked_sub(IDLE_POLL).unwrap_or(self.polled);
