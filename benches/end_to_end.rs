@@ -32,8 +32,8 @@ struct Options {
     /// building a fresh JSON body per event cost it more than the bridge's
     /// whole work on the event.
     body_reuse: u32,
-    /// `BENCH_ONLY=load` or `BENCH_ONLY=latency`: that phase alone
-    /// (experiments); unset: every phase.
+    /// `BENCH_ONLY=idle|load|latency`: that phase alone (experiments);
+    /// unset: every phase.
     only: Option<String>,
 }
 
@@ -51,21 +51,20 @@ impl Options {
             seconds: get("BENCH_SECONDS", 20.0) as u64,
             drops: get("BENCH_DROPS", 50.0) as usize,
             body_reuse: get("BENCH_BODY_REUSE", 16.0).max(1.0) as u32,
-            only: std::env::var("BENCH_ONLY").ok().filter(|v| !v.is_empty()),
+            only: std::env::var("BENCH_ONLY")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .inspect(|only| {
+                    assert!(
+                        Self::PHASES.contains(&only.as_str()),
+                        "BENCH_ONLY={only}: expected one of {:?}, or unset for every phase",
+                        Self::PHASES
+                    );
+                }),
         }
     }
 
     const PHASES: [&str; 3] = ["idle", "load", "latency"];
-
-    fn check(&self) {
-        if let Some(only) = &self.only {
-            assert!(
-                Self::PHASES.contains(&only.as_str()),
-                "BENCH_ONLY={only}: expected one of {:?}, or unset for every phase",
-                Self::PHASES
-            );
-        }
-    }
 
     fn runs(&self, phase: &str) -> bool {
         self.only.as_deref().is_none_or(|only| only == phase)
@@ -77,7 +76,6 @@ fn main() {
         return; // `cargo bench -- --list` asks harness-less benches for names
     }
     let options = Options::from_env();
-    options.check();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -258,12 +256,12 @@ async fn run(o: &Options) -> String {
         let stopped = Instant::now();
         // Events still queued to the socket count once written.
         let settled = emu.settle(Duration::from_secs(60)).await;
-        let offered = emu.event_stats().deliverable as f64;
+        let offered_total = emu.event_stats().deliverable as f64;
         let queued = stopped.elapsed().as_secs_f64();
-        let published = loop {
-            let published = bridge.metric("genesys_bridge_events_published_total").await;
-            if published >= offered || stopped.elapsed() > Duration::from_secs(120) {
-                break published;
+        let published_total = loop {
+            let n = bridge.metric("genesys_bridge_events_published_total").await;
+            if n >= offered_total || stopped.elapsed() > Duration::from_secs(120) {
+                break n;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
@@ -273,7 +271,7 @@ async fn run(o: &Options) -> String {
             stopped.elapsed().as_secs_f64(),
             "s",
             &format!(
-                " ({published:.0} of {offered:.0} offered events published; \
+                " ({published_total:.0} of {offered_total:.0} offered events published; \
                  {queued:.2} s until the emulator's socket queues were empty{})",
                 if settled {
                     ""
