@@ -30,6 +30,16 @@ async fn read_to_end(ws: &mut Ws, wait: Duration) -> (Vec<String>, bool) {
     }
 }
 
+/// The text frames that arrive until the socket is quiet for `SHORT` (or
+/// sends something else).
+async fn texts_until_quiet(ws: &mut Ws) -> Vec<String> {
+    let mut texts = Vec::new();
+    while let Some(Message::Text(t)) = next_msg(ws, SHORT).await {
+        texts.push(t.to_string());
+    }
+    texts
+}
+
 fn seq_of(text: &str) -> Option<u64> {
     let v: Value = serde_json::from_str(text).ok()?;
     v["eventBody"]["emulatorSequence"].as_u64()
@@ -55,14 +65,8 @@ async fn generator_publishes_identical_bytes_with_increasing_sequences() {
     let stats = emu.event_stats();
     assert!(stats.published >= 100, "published {}", stats.published);
 
-    let mut got_a = Vec::new();
-    while let Some(Message::Text(t)) = next_msg(&mut wa, SHORT).await {
-        got_a.push(t.to_string());
-    }
-    let mut got_b = Vec::new();
-    while let Some(Message::Text(t)) = next_msg(&mut wb, SHORT).await {
-        got_b.push(t.to_string());
-    }
+    let got_a = texts_until_quiet(&mut wa).await;
+    let got_b = texts_until_quiet(&mut wb).await;
     let seqs_a: Vec<u64> = got_a.iter().filter_map(|t| seq_of(t)).collect();
     let missing: Vec<u64> = (1..=stats.published)
         .filter(|s| !seqs_a.contains(s))
@@ -143,10 +147,7 @@ async fn body_reuse_shares_a_frame_among_events_with_their_own_sequences() {
     emu.set_rate(0.0);
     assert!(emu.settle(2 * SEC).await);
 
-    let mut frames = Vec::new();
-    while let Some(Message::Text(t)) = next_msg(&mut ws, SHORT).await {
-        frames.push(t.to_string());
-    }
+    let frames = texts_until_quiet(&mut ws).await;
     let seqs: Vec<u64> = frames.iter().filter_map(|t| seq_of(t)).collect();
     assert!(seqs.len() >= 12, "{} events", seqs.len());
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequences {seqs:?}");
