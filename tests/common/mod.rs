@@ -235,8 +235,11 @@ fn read_topic_to_end(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
 }
 
 /// Waits (up to `patience` of silence) until `at_least` records are in, then
-/// reads everything once more: a duplicate must not hide a missing record
-/// by filling the count.
+/// reads every partition to its high watermark until two reads a second
+/// apart agree. A duplicate must not hide a missing record by filling the
+/// count, and a consumer's slow first fetch (Tansu's after a restart can
+/// take seconds) must not pass for silence: a quiet window on the second
+/// read once found no records at all where 3,077 were stored.
 pub fn read_settled(
     brokers: &str,
     topics: &[String],
@@ -244,7 +247,17 @@ pub fn read_settled(
     patience: Duration,
 ) -> Vec<OwnedMessage> {
     read_all(brokers, topics, at_least, patience);
-    read_all(brokers, topics, usize::MAX, Duration::from_secs(3))
+    let started = Instant::now();
+    let mut read = read_to_end(brokers, topics);
+    while started.elapsed() < patience {
+        std::thread::sleep(Duration::from_secs(1));
+        let again = read_to_end(brokers, topics);
+        if again.len() == read.len() {
+            return again;
+        }
+        read = again;
+    }
+    read
 }
 
 pub fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a [u8]> {
