@@ -79,6 +79,7 @@ async fn malformed_frames_are_counted_and_lose_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     cancel.cancel();
     manager.await.expect("manager");
+    out.ended().await;
 
     let invalid = metrics().frames_invalid.get() - invalid_before;
     println!("frames_invalid +{invalid}");

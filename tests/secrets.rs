@@ -86,7 +86,14 @@ async fn no_secret_token_or_connect_uri_in_trace_logs() {
     });
     let shutdown = CancellationToken::new();
     let bridge = tokio::spawn(app::run(wrong, None, shutdown.clone()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let said =
+        |text: &str| String::from_utf8_lossy(&captured.0.lock().expect("lock")).contains(text);
+    assert!(
+        wait_until(Duration::from_secs(10), || said(
+            "rejected the client credentials"
+        ))
+        .await
+    );
     shutdown.cancel();
     bridge.await.expect("bridge task").expect("bridge ran");
     emu.shutdown().await;

@@ -60,7 +60,8 @@ async fn oauth_issues_tokens_and_refuses_bad_requests() {
 #[tokio::test]
 async fn api_requires_a_valid_bearer_token() {
     let emu = start(Config {
-        token_lifetime: Duration::from_secs(1),
+        // Room for the three requests below on a busy machine.
+        token_lifetime: Duration::from_secs(3),
         ..fast_config()
     })
     .await;
@@ -92,8 +93,8 @@ async fn api_requires_a_valid_bearer_token() {
         .expect("send");
     assert_eq!(good.status(), 200);
 
-    // The token lives one second.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The token lives three seconds.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let expired = http
         .post(&url)
         .bearer_auth(&api.token)
@@ -165,7 +166,7 @@ async fn channels_create_list_head_and_hide_other_tokens_ids() {
 #[tokio::test]
 async fn channel_expires_and_subscribing_extends_it() {
     let emu = start(Config {
-        channel_lifetime: Duration::from_millis(800),
+        channel_lifetime: Duration::from_secs(2),
         ..fast_config()
     })
     .await;
@@ -174,10 +175,10 @@ async fn channel_expires_and_subscribing_extends_it() {
     let (lapse, _) = api.create_channel().await;
     let topic = emu.sample_topics(1).remove(0);
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(SEC).await;
         api.put(&keep, &[&topic]).await;
     }
-    // 1.2 s after creation: the extended one lives, the other expired.
+    // 3 s after creation: the extended one lives, the other expired.
     assert_eq!(api.head(&keep).await, 200);
     assert_eq!(api.head(&lapse).await, 404);
     let info = emu
@@ -223,16 +224,17 @@ async fn channel_limit_evicts_least_recently_used_socketless_first() {
 #[tokio::test]
 async fn channels_die_with_their_token() {
     let emu = start(Config {
-        token_lifetime: Duration::from_secs(1),
+        token_lifetime: Duration::from_secs(3),
         ..fast_config()
     })
     .await;
     let api = Api::login(&emu).await;
     let (c, _) = api.create_channel().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The later token outlives the first by 1.5 s: room for the checks.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let later = Api::login(&emu).await;
     let (c_later, _) = later.create_channel().await;
-    eventually("channel dies with its token", 2 * SEC, || {
+    eventually("channel dies with its token", 5 * SEC, || {
         emu.channels()
             .iter()
             .any(|i| i.id == c && i.death == Some(DeathReason::TokenExpired))

@@ -21,10 +21,13 @@ async fn heartbeats_come_at_the_configured_interval() {
     .await;
     let api = Api::login(&emu).await;
     let (_c, uri) = api.create_channel().await;
-    let mut ws = connect(&uri).await;
+    // Counted from before the upgrade, so that the first heartbeat's wait is
+    // a lower bound however late this task runs; the spacing is checked on
+    // average over ten intervals, which a busy machine cannot skew much.
     let started = Instant::now();
+    let mut ws = connect(&uri).await;
     let mut at = Vec::new();
-    while started.elapsed() < Duration::from_millis(1100) {
+    while started.elapsed() < Duration::from_millis(2100) {
         if let Some(v) = next_json(&mut ws, Duration::from_millis(300)).await {
             assert_eq!(
                 v,
@@ -33,18 +36,16 @@ async fn heartbeats_come_at_the_configured_interval() {
             at.push(started.elapsed());
         }
     }
-    assert!((4..=6).contains(&at.len()), "heartbeats at {at:?}");
+    assert!((7..=11).contains(&at.len()), "heartbeats at {at:?}");
     assert!(
-        at[0] >= Duration::from_millis(150),
+        at[0] >= Duration::from_millis(200),
         "first one waits an interval: {at:?}"
     );
-    for w in at.windows(2) {
-        let gap = w[1] - w[0];
-        assert!(
-            gap >= Duration::from_millis(150) && gap <= Duration::from_millis(350),
-            "{at:?}"
-        );
-    }
+    let mean = (at[at.len() - 1] - at[0]) / (at.len() as u32 - 1);
+    assert!(
+        mean >= Duration::from_millis(170) && mean <= Duration::from_millis(260),
+        "mean {mean:?}: {at:?}"
+    );
     emu.shutdown().await;
 }
 
@@ -72,7 +73,9 @@ async fn ping_message_gets_pong_and_protocol_pings_get_pongs() {
 #[tokio::test]
 async fn over_socket_subscribe_replies_and_delivers() {
     let emu = start(Config {
-        channel_lifetime: Duration::from_millis(700),
+        // Long enough for the exchanges below on a busy machine; the loop at
+        // the end outlives it only through its extensions.
+        channel_lifetime: Duration::from_secs(2),
         ..fast_config()
     })
     .await;
@@ -128,7 +131,7 @@ async fn over_socket_subscribe_replies_and_delivers() {
 
     // Over-socket subscribing also extends the channel's life.
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(350)).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
         send_json(
             &mut ws,
             json!({ "message": "subscribe", "topics": [topic], "correlationId": "x" }),
@@ -217,10 +220,7 @@ async fn socket_closing_warns_then_closes_after_the_grace() {
         waited >= Duration::from_millis(450),
         "closed after {waited:?}"
     );
-    assert!(
-        waited < Duration::from_millis(1500),
-        "closed after {waited:?}"
-    );
+    assert!(waited < 3 * SEC, "closed after {waited:?}");
     assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
     eventually("socket record closes", SEC, || {
         emu.channels()[0].sockets[0].reason == Some(DisconnectReason::SocketClosing)

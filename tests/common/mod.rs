@@ -384,18 +384,32 @@ pub struct Collected {
     items: Arc<Mutex<Vec<Inbound>>>,
     /// When the test told the bridge to stop (gaps after it are the test's own).
     pub stopped_at: Arc<Mutex<Option<SystemTime>>>,
+    collector: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Collected {
     pub fn spawn(mut rx: tokio::sync::mpsc::Receiver<Inbound>) -> Self {
         let me = Self::default();
         let store = me.items.clone();
-        tokio::spawn(async move {
+        let collector = tokio::spawn(async move {
             while let Some(item) = rx.recv().await {
                 store.lock().expect("lock").push(item);
             }
         });
+        *me.collector.lock().expect("lock") = Some(collector);
         me
+    }
+
+    /// Waits until the input has ended (every sender dropped) and all of it
+    /// is collected.
+    pub async fn ended(&self) {
+        let collector = self.collector.lock().expect("lock").take();
+        if let Some(collector) = collector {
+            tokio::time::timeout(Duration::from_secs(10), collector)
+                .await
+                .expect("the manager's output closes when it stops")
+                .expect("collector");
+        }
     }
 
     pub fn items(&self) -> Vec<Inbound> {
