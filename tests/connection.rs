@@ -375,6 +375,39 @@ async fn a_silent_socket_replaced_by_a_planned_move_still_reports_its_gap() {
     emu.shutdown().await;
 }
 
+/// A channel dies with its revoked token while its socket stays open and
+/// silent, and a planned move (here, channel expiry) replaces it before a
+/// ping could hear "channel not found": the ping sent with the close hears
+/// it, and the blind time from the last frame is a gap (soak seed
+/// 1012108544663804314 found this with a token refresh 0.2 s after a
+/// revocation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_channel_replaced_by_a_planned_move_still_reports_its_gap() {
+    let emu = emulator(EmuConfig {
+        channel_lifetime: Duration::from_secs(12),
+        ..quick_emulator()
+    })
+    .await;
+    // As above: the channel is moved 9 s after it was made; its token is
+    // revoked 1.5 s before, and no ping or watchdog may notice meanwhile.
+    one_fault_one_gap(
+        &emu,
+        |raw| {
+            raw.genesys.ping_interval = Duration::from_secs(30);
+            raw.genesys.heartbeat_timeout = Duration::from_secs(60);
+        },
+        Duration::from_millis(7500),
+        || {
+            emu.revoke_tokens();
+        },
+        Duration::from_secs(6),
+        Reason::ChannelGone,
+        true,
+    )
+    .await;
+    emu.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redundancy_two_loses_nothing_on_a_single_drop() {
     let emu = emulator(quick_emulator()).await;

@@ -80,26 +80,28 @@ pub struct Ended {
 }
 
 /// What a session stopped by its slot leaves behind: if the server did not
-/// answer its close, the time of its last frame. A socket the slot stops for
-/// a planned move may already have gone silent (a stall the heartbeat
-/// timeout has not caught yet); a live server answers a close at once, so no
-/// answer means nothing was received since that last frame.
+/// show the channel alive when it was closed, the time of the socket's last
+/// frame and why. A socket the slot stops for a planned move may already be
+/// blind: stalled (the heartbeat timeout has not caught it yet), or on a
+/// channel that died with its token while the socket stayed open. A live
+/// server answers the ping sent before the close at once, so no answer, or
+/// "channel not found", means nothing was received since that last frame.
 #[derive(Debug, Default)]
-pub struct Farewell(OnceLock<SystemTime>);
+pub struct Farewell(OnceLock<(SystemTime, Reason)>);
 
 impl Farewell {
-    fn unanswered(&self, last_frame: SystemTime) {
-        let _ = self.0.set(last_frame);
+    fn blind(&self, last_frame: SystemTime, reason: Reason) {
+        let _ = self.0.set((last_frame, reason));
     }
 
-    /// The last frame of a socket whose close went unanswered.
-    pub fn silent_since(&self) -> Option<SystemTime> {
+    /// The last frame of a socket found blind at its close, and why.
+    pub fn blind_since(&self) -> Option<(SystemTime, Reason)> {
         self.0.get().copied()
     }
 }
 
 /// Runs one session to its end; every outcome is reported on `events`, and
-/// an unanswered close at a stop in `farewell`.
+/// a socket found blind at a stop in `farewell`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     ctx: SessionContext,
@@ -257,8 +259,10 @@ impl Session<'_> {
             let watchdog = last_frame + self.ctx.heartbeat_timeout;
             tokio::select! {
                 () = cancel.cancelled() => {
-                    if !self.close_and_drain(&mut socket).await && receiving_since.is_some() {
-                        self.farewell.unanswered(last_frame_wall);
+                    if let Some(reason) = self.close_and_drain(&mut socket).await {
+                        if receiving_since.is_some() {
+                            self.farewell.blind(last_frame_wall, reason);
+                        }
                     }
                     events::socket_closed(self.shard, &channel_id, receiving_since.is_some());
                     return None;
@@ -290,6 +294,7 @@ impl Session<'_> {
                     }
                 }
                 message = socket.next() => {
+                    let previous_frame_wall = last_frame_wall;
                     last_frame = Instant::now();
                     last_frame_wall = SystemTime::now();
                     clock.touch();
@@ -352,7 +357,8 @@ impl Session<'_> {
                         Frame::TokenRevoked => {
                             let _ = self.events.send(SessionEvent::Planned { reason: Reason::TokenRefresh, detail: "token_revoked" });
                         }
-                        Frame::ChannelGone => break (Some(Reason::ChannelGone), "channel not found (404)".into(), SystemTime::now()),
+                        // It died at some point since the frame before this answer.
+                        Frame::ChannelGone => break (Some(Reason::ChannelGone), "channel not found (404)".into(), previous_frame_wall),
                         Frame::Reply { .. } | Frame::Unknown => {}
                         Frame::Invalid(why) => events::frame_invalid(&channel_id, why, text.len()),
                     }
@@ -397,40 +403,58 @@ impl Session<'_> {
 
     /// Closes the socket politely and keeps every notification the server
     /// sent before its close reply: after a make-before-break move, or at
-    /// shutdown, those frames are already ours and must not be lost. Returns
-    /// whether the server answered at all (any frame after our close): a
-    /// socket that has gone silent does not.
-    async fn close_and_drain<S>(&self, socket: &mut S) -> bool
+    /// shutdown, those frames are already ours and must not be lost. A ping
+    /// goes just before the close. Returns `None` if the server showed the
+    /// channel alive (any answer but "channel not found"), else why it was
+    /// blind: a socket that has gone silent does not answer
+    /// (`HeartbeatTimeout`), and a channel that died with its token answers
+    /// 404 (`ChannelGone`) while its socket stays open, having sent nothing
+    /// since it died.
+    async fn close_and_drain<S>(&self, socket: &mut S) -> Option<Reason>
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        match tokio::time::timeout_at(deadline, socket.send(Message::Close(None))).await {
+        let goodbye = async {
+            socket.feed(Message::text(PING)).await?;
+            socket.send(Message::Close(None)).await
+        };
+        match tokio::time::timeout_at(deadline, goodbye).await {
             Ok(Ok(())) => {}
-            _ => return false,
+            _ => return Some(Reason::HeartbeatTimeout),
         }
-        let mut answered = false;
+        let (mut answered, mut gone) = (false, false);
+        let verdict = |answered: bool, gone: bool| match (answered, gone) {
+            (_, true) => Some(Reason::ChannelGone),
+            (false, false) => Some(Reason::HeartbeatTimeout),
+            (true, false) => None,
+        };
         // Only the reads are bounded: a frame already read is handed on
         // however long the pipeline takes to take it.
         while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, socket.next()).await {
             answered = true;
             match message {
-                Message::Text(text) => {
-                    let channel = self.channel.id.clone();
-                    if let Some(notification) =
-                        Notification::parse(text, channel, SystemTime::now())
-                    {
+                Message::Text(text) => match frame::classify(text.as_str()) {
+                    Frame::Notification(parsed) => {
+                        let Some(spans) = Spans::of(text.as_str(), &parsed) else {
+                            continue; // cannot happen: the parts are slices of the text
+                        };
+                        let channel = self.channel.id.clone();
+                        let notification =
+                            Notification::new(text, spans, channel, SystemTime::now());
                         if !self.forward(notification).await {
-                            return true;
+                            return verdict(true, gone);
                         }
                     }
-                }
-                Message::Close(_) => return true,
+                    Frame::ChannelGone => gone = true,
+                    _ => {}
+                },
+                Message::Close(_) => return verdict(true, gone),
                 _ => {}
             }
         }
-        tracing::debug!(channel = %self.channel.id, answered, "Closing socket drained (or gave up at the deadline).");
-        answered
+        tracing::debug!(channel = %self.channel.id, answered, gone, "Closing socket drained (or gave up at the deadline).");
+        verdict(answered, gone)
     }
 }
 
@@ -501,6 +525,7 @@ mod tests {
         out: mpsc::Receiver<Inbound>,
         ended: tokio::task::JoinHandle<Option<Ended>>,
         cancel: CancellationToken,
+        farewell: Arc<Farewell>,
     }
 
     const PONG: &str = r#"{"topicName":"channel.metadata","eventBody":{"message":"pong"}}"#;
@@ -539,8 +564,10 @@ mod tests {
         let (outgoing, from_socket) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
+        let farewell = Arc::new(Farewell::default());
         let ended = tokio::spawn({
             let cancel = cancel.clone();
+            let farewell = farewell.clone();
             async move {
                 let topics: Arc<[String]> = Arc::from(vec!["v2.users.u.presence".to_owned()]);
                 let session = Session {
@@ -550,7 +577,7 @@ mod tests {
                     channel,
                     reused: true,
                     events: &events_tx,
-                    farewell: &Farewell::default(),
+                    farewell: &farewell,
                 };
                 session
                     .run(FakeSocket { incoming, outgoing }, &cancel)
@@ -564,6 +591,7 @@ mod tests {
             out,
             ended,
             cancel,
+            farewell,
         }
     }
 
@@ -647,10 +675,60 @@ mod tests {
         }
         assert_eq!(planned, Some(Reason::SocketClosing));
         assert!(crate::telemetry::metrics().frames_invalid.get() >= invalid_before + 2);
+        let before_404 = SystemTime::now();
         rig.to_socket
             .send(text(r#"{"result":"404","message":"Channel not found"}"#))
             .expect("open");
         let ended = rig.ended.await.expect("task").expect("an end");
         assert_eq!(ended.reason, Some(Reason::ChannelGone));
+        assert!(
+            ended.since < before_404,
+            "blind since the frame before the 404"
+        );
+    }
+
+    /// A session stopped for a planned move: the server's answer to the
+    /// ping and close it sends says whether the socket was still live.
+    async fn stopped_with_the_answer(answer: Option<&str>) -> Option<(SystemTime, Reason)> {
+        let mut rig = rig();
+        rig.from_socket.recv().await.expect("confirm ping");
+        rig.to_socket.send(text(PONG)).expect("open");
+        assert!(matches!(
+            rig.events.recv().await,
+            Some(SessionEvent::Receiving { .. })
+        ));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let before_last_frame = SystemTime::now();
+        rig.to_socket.send(text(HEARTBEAT)).expect("open");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        rig.cancel.cancel();
+        let (_, ping) = rig.from_socket.recv().await.expect("a ping");
+        assert_eq!(ping, Message::text(PING));
+        let (_, close) = rig.from_socket.recv().await.expect("a close");
+        assert_eq!(close, Message::Close(None));
+        if let Some(answer) = answer {
+            rig.to_socket.send(text(answer)).expect("open");
+            rig.to_socket.send(Ok(Message::Close(None))).expect("open");
+        }
+        assert!(rig.ended.await.expect("task").is_none());
+        let blind = rig.farewell.blind_since();
+        if let Some((since, _)) = blind {
+            assert!(since >= before_last_frame, "blind from the last frame on");
+        }
+        blind
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_tells_a_live_socket_from_a_silent_or_dead_one() {
+        assert_eq!(stopped_with_the_answer(Some(PONG)).await, None);
+        let dead = r#"{"result":"404","message":"Channel not found"}"#;
+        assert_eq!(
+            stopped_with_the_answer(Some(dead)).await.map(|(_, r)| r),
+            Some(Reason::ChannelGone)
+        );
+        assert_eq!(
+            stopped_with_the_answer(None).await.map(|(_, r)| r),
+            Some(Reason::HeartbeatTimeout)
+        );
     }
 }

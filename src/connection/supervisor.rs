@@ -172,14 +172,15 @@ impl Shard {
     }
 
     /// Waits for a replaced socket's session to close it. If the server did
-    /// not answer the close, the socket had gone silent at its last frame,
-    /// and the shard was blind from then until its replacement came up at
-    /// `until`: a gap, already closed, that no heartbeat timeout reported.
+    /// not show the channel alive then (no answer, or "channel not found"),
+    /// the socket had been blind since its last frame, and the shard from
+    /// then until its replacement came up at `until`: a gap, already closed,
+    /// that neither the heartbeat timeout nor a 404 reported.
     async fn retired(&self, session: JoinHandle<()>, farewell: Arc<Farewell>, until: SystemTime) {
         let _ = session.await;
-        if let Some(since) = farewell.silent_since().filter(|&since| since < until) {
-            events::silent_socket_replaced(self.index, since);
-            self.close_gap(since, until, Reason::HeartbeatTimeout).await;
+        if let Some((since, reason)) = farewell.blind_since().filter(|&(since, _)| since < until) {
+            events::blind_socket_replaced(self.index, since, reason);
+            self.close_gap(since, until, reason).await;
         }
     }
 
@@ -456,7 +457,8 @@ impl Slot {
                     let session = old.stop();
                     if alone {
                         // Was the old socket still live when it was replaced?
-                        // Its close answers that, within the drain timeout.
+                        // Its close (a ping, then the close) answers that,
+                        // within the drain timeout.
                         let shard = self.shard.clone();
                         let until = SystemTime::now();
                         self.retiring.retain(|h| !h.is_finished());

@@ -123,11 +123,12 @@ pub fn gap_opened(shard: usize, reason: Reason, since: SystemTime) {
     warn!(shard, reason = %reason, ago_ms, "Gap opened: no socket receiving this shard's topics.");
 }
 
-/// A socket stopped for a planned move had already gone silent: the shard
-/// was blind from its last frame, though no heartbeat timeout fired.
-pub fn silent_socket_replaced(shard: usize, since: SystemTime) {
+/// A socket stopped for a planned move was already blind (gone silent, or
+/// its channel dead): the shard was blind from its last frame, though
+/// neither the heartbeat timeout nor a 404 had said so.
+pub fn blind_socket_replaced(shard: usize, since: SystemTime, reason: Reason) {
     let ago_ms = ms_ago(since);
-    warn!(shard, ago_ms, "A replaced socket did not answer its close: it had gone silent, and the shard was blind from its last frame.");
+    warn!(shard, reason = %reason, ago_ms, "A replaced socket was found blind at its close (no answer, or channel not found): the shard was blind from its last frame.");
 }
 
 fn ms_ago(since: SystemTime) -> u64 {
