@@ -4,8 +4,10 @@
 //! the fix; the binary exits with code 64 on it before binding anything.
 //!
 //! Environment: every key as `GENESYS_BRIDGE_<SECTION>__<KEY>` (for example
-//! `GENESYS_BRIDGE_KAFKA__BROKERS`), plus the short forms `GENESYS_CLIENT_ID`,
-//! `GENESYS_CLIENT_SECRET` and `GENESYS_REGION`.
+//! `GENESYS_BRIDGE_KAFKA__BROKERS`), a librdkafka property as
+//! `GENESYS_BRIDGE_KAFKA__PROPERTIES__<NAME>` with `_` for `.` (for example
+//! `..._SASL_PASSWORD` for `sasl.password`), plus the short forms
+//! `GENESYS_CLIENT_ID`, `GENESYS_CLIENT_SECRET` and `GENESYS_REGION`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -391,9 +393,38 @@ pub fn figment(file: Option<&Path>) -> Figment {
         .merge(
             Env::prefixed("GENESYS_BRIDGE_")
                 .ignore(&["config"])
+                .filter(|key| {
+                    !key.as_str()
+                        .to_ascii_lowercase()
+                        .starts_with("kafka__properties__")
+                })
                 .split("__"),
         )
+        .merge(kafka_properties_env())
         .merge(short_env())
+}
+
+/// The prefix of an environment variable that sets one librdkafka property.
+const KAFKA_PROPERTY_ENV: &str = "GENESYS_BRIDGE_KAFKA__PROPERTIES__";
+
+/// `GENESYS_BRIDGE_KAFKA__PROPERTIES__<NAME>=<value>`: the librdkafka
+/// property `<name>`, lowercased with `.` for `_` (librdkafka's settable
+/// names have dots and no underscores; a variable name cannot have a dot in
+/// a shell, and the generic split would nest at one). Values stay strings,
+/// so a SASL password can come from a Kubernetes Secret as an environment
+/// variable, never through the ConfigMap.
+fn kafka_properties_env() -> Figment {
+    let properties: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(key, value)| {
+            let name = key.to_str()?.strip_prefix(KAFKA_PROPERTY_ENV)?;
+            let name = name.to_ascii_lowercase().replace('_', ".");
+            Some((name, value.into_string().ok()?))
+        })
+        .collect();
+    if properties.is_empty() {
+        return Figment::new();
+    }
+    Figment::from(Serialized::default("kafka.properties", properties))
 }
 
 /// `GENESYS_CLIENT_ID`, `GENESYS_CLIENT_SECRET` and `GENESYS_REGION`, taken
@@ -801,6 +832,33 @@ mod tests {
             assert_eq!(s.reconnect.initial_delay, Duration::from_millis(250));
             assert_eq!(s.kafka.brokers, "k1:9092,k2:9092");
             assert_eq!(s.shutdown_grace, Duration::from_secs(20));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn kafka_properties_from_env_keep_their_dots_and_stay_strings() {
+        Jail::expect_with(|jail| {
+            jail.set_env(
+                "GENESYS_BRIDGE_KAFKA__PROPERTIES__SASL_PASSWORD",
+                "0123456789",
+            );
+            jail.set_env("GENESYS_BRIDGE_KAFKA__PROPERTIES__LINGER_MS", "7");
+            jail.set_env(
+                "GENESYS_BRIDGE_KAFKA__PROPERTIES__SASL_OAUTHBEARER_CLIENT_ID",
+                "bridge",
+            );
+            let toml = format!(
+                "{GOOD}\n[kafka.properties]\n\"linger.ms\" = \"5\"\n\"security.protocol\" = \"SASL_SSL\"\n"
+            );
+            let s = load_in_jail(jail, &toml).expect("valid");
+            let p = &s.kafka.properties;
+            assert_eq!(p["sasl.password"], "0123456789");
+            assert_eq!(p["linger.ms"], "7", "the environment wins over the file");
+            assert_eq!(p["security.protocol"], "SASL_SSL", "the file's others stay");
+            assert_eq!(p["sasl.oauthbearer.client.id"], "bridge");
+            assert_eq!(p.len(), 4, "{:?}", p.keys());
+            assert!(!format!("{:?}", s.kafka).contains("0123456789"));
             Ok(())
         });
     }

@@ -1,8 +1,8 @@
 //! Secret hygiene: the whole bridge runs through token refreshes, a
 //! revocation (401 mid-stream), socket_closing, an abrupt drop and rejected
 //! credentials with every log at `trace`, and no line may hold the client
-//! secret, an access token or a socket's connectUri. One test per process,
-//! so that the capturing subscriber sees everything.
+//! secret, a Kafka SASL password, an access token or a socket's connectUri.
+//! One test per process, so that the capturing subscriber sees everything.
 
 mod common;
 
@@ -31,6 +31,7 @@ impl Write for Captured {
 }
 
 const SECRET: &str = "s3cr3t-Never-Log-Me";
+const KAFKA_SECRET: &str = "k4fka-Never-Log-Me";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_token_or_connect_uri_in_trace_logs() {
@@ -59,6 +60,10 @@ async fn no_secret_token_or_connect_uri_in_trace_logs() {
         raw.kafka.topic_prefix = prefix.clone();
         raw.kafka.create_topics = true;
         raw.kafka.replication_factor = 1;
+        // Set but unused (Tansu has no SASL): it must not be logged either.
+        raw.kafka
+            .properties
+            .insert("sasl.password".into(), KAFKA_SECRET.into());
     });
     let shutdown = CancellationToken::new();
     let bridge = tokio::spawn(app::run(good, None, shutdown.clone()));
@@ -112,7 +117,7 @@ async fn no_secret_token_or_connect_uri_in_trace_logs() {
     );
     assert_no_secrets(
         &logs,
-        &[SECRET, "Wr0ng-Secret-Value"],
+        &[SECRET, "Wr0ng-Secret-Value", KAFKA_SECRET],
         emu.local_addr().port(),
     );
 }
