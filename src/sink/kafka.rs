@@ -44,7 +44,28 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSinkError {
     #[error("kafka client: {0}")]
-    Client(#[from] KafkaError),
+    Client(KafkaError),
+    /// A property librdkafka refused. Its value is never shown: it may be a
+    /// credential (rdkafka's own error prints it).
+    #[error("kafka.properties: librdkafka refused {key:?}: {description} (value not shown); fix its name or value, see librdkafka's CONFIGURATION.md")]
+    Property { key: String, description: String },
+}
+
+impl From<KafkaError> for KafkaSinkError {
+    fn from(error: KafkaError) -> Self {
+        match error {
+            KafkaError::ClientConfig(_, description, key, value) => {
+                // librdkafka's text quotes an invalid value.
+                let description = if value.is_empty() {
+                    description
+                } else {
+                    description.replace(&value, "***")
+                };
+                Self::Property { key, description }
+            }
+            other => Self::Client(other),
+        }
+    }
 }
 
 /// The producer settings: ours first, then the user's `[kafka.properties]`.
@@ -566,4 +587,28 @@ fn owned_headers(record: &Record) -> OwnedHeaders {
         });
     }
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn a_refused_property_is_named_without_its_value() {
+        // An unknown name (a misspelt credential) and an invalid value.
+        for (key, value) in [
+            ("sasl.pasword", "hunter2-Never-Shown"),
+            ("linger.ms", "soon-Never-Shown"),
+        ] {
+            let kafka = KafkaSection {
+                properties: BTreeMap::from([(key.to_owned(), value.to_owned())]),
+                ..KafkaSection::default()
+            };
+            let message = producer(&kafka).err().expect("refused").to_string();
+            assert!(message.contains(key), "{message}");
+            assert!(!message.contains("Never-Shown"), "{message}");
+        }
+    }
 }
