@@ -309,9 +309,12 @@ def cmd_helm(args) -> None:
         cfg_vol = next(v for v in vols.values() if "configMap" in v)
         if cfg_vol["configMap"]["name"] != configmap["metadata"]["name"]:
             fail(f"{case}: the config volume names ConfigMap {cfg_vol['configMap']['name']}")
+        # The chart's own variables read its credentials Secret; extraEnv
+        # may read any (Kafka credentials, say).
+        extra = {e["name"] for e in merged.get("extraEnv") or []}
         for e in c["env"]:
             ref = e.get("valueFrom", {}).get("secretKeyRef")
-            if ref and ref["name"] != secret_name:
+            if ref and e["name"] not in extra and ref["name"] != secret_name:
                 fail(f"{case}: env {e['name']} reads Secret {ref['name']}, not {secret_name}")
         env_names = {e["name"] for e in c["env"]}
         secret_file = creds["secretAs"] == "file"

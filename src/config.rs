@@ -215,6 +215,17 @@ impl fmt::Debug for KafkaSection {
     }
 }
 
+/// A librdkafka property's shape: dot-separated words of lowercase
+/// letters, digits and `_` (librdkafka itself says whether it knows it).
+fn is_property_name(name: &str) -> bool {
+    name.split('.').all(|word| {
+        !word.is_empty()
+            && word
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    })
+}
+
 /// librdkafka keys whose values are credentials.
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
@@ -404,22 +415,39 @@ pub fn figment(file: Option<&Path>) -> Figment {
         .merge(short_env())
 }
 
-/// The prefix of an environment variable that sets one librdkafka property.
+/// The prefix of an environment variable that sets one librdkafka property
+/// (matched in any case, as figment matches `GENESYS_BRIDGE_`).
 const KAFKA_PROPERTY_ENV: &str = "GENESYS_BRIDGE_KAFKA__PROPERTIES__";
 
-/// `GENESYS_BRIDGE_KAFKA__PROPERTIES__<NAME>=<value>`: the librdkafka
-/// property `<name>`, lowercased with `.` for `_` (librdkafka's settable
-/// names have dots and no underscores; a variable name cannot have a dot in
-/// a shell, and the generic split would nest at one). Values stay strings,
-/// so a SASL password can come from a Kubernetes Secret as an environment
-/// variable, never through the ConfigMap.
-fn kafka_properties_env() -> Figment {
-    let properties: BTreeMap<String, String> = std::env::vars_os()
-        .filter_map(|(key, value)| {
-            let name = key.to_str()?.strip_prefix(KAFKA_PROPERTY_ENV)?;
-            let name = name.to_ascii_lowercase().replace('_', ".");
-            Some((name, value.into_string().ok()?))
+/// Every `GENESYS_BRIDGE_KAFKA__PROPERTIES__<NAME>` variable: its name, the
+/// librdkafka property it sets (`<name>` lowercased with `.` for `_`), and
+/// its value, `None` if that is not UTF-8.
+fn kafka_property_vars() -> Vec<(String, String, Option<String>)> {
+    std::env::vars_os()
+        .filter_map(|(var, value)| {
+            let var = var.into_string().ok()?;
+            let prefix = var.get(..KAFKA_PROPERTY_ENV.len())?;
+            if !prefix.eq_ignore_ascii_case(KAFKA_PROPERTY_ENV) {
+                return None;
+            }
+            let property = var[KAFKA_PROPERTY_ENV.len()..]
+                .to_ascii_lowercase()
+                .replace('_', ".");
+            Some((var, property, value.into_string().ok()))
         })
+        .collect()
+}
+
+/// The librdkafka properties set in the environment. librdkafka's names
+/// have dots, which a variable's name cannot have in a shell, and the
+/// generic provider's split would nest at one; so `_` stands for `.` (the
+/// few names with an underscore, such as `log_level`, are for the file).
+/// Values stay strings, so a SASL password can come from a Kubernetes
+/// Secret as an environment variable, never through the ConfigMap.
+fn kafka_properties_env() -> Figment {
+    let properties: BTreeMap<String, String> = kafka_property_vars()
+        .into_iter()
+        .filter_map(|(_, property, value)| Some((property, value?)))
         .collect();
     if properties.is_empty() {
         return Figment::new();
@@ -445,6 +473,13 @@ fn short_env() -> Figment {
 
 /// Reads and validates the configuration.
 pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+    if let Some((var, _, _)) = kafka_property_vars().into_iter().find(|v| v.2.is_none()) {
+        return Err(ConfigError::new(
+            &var,
+            "its value is not valid UTF-8",
+            "set it to the property's value as UTF-8 text",
+        ));
+    }
     let raw: FileConfig = figment(file).extract().map_err(from_figment)?;
     validate(raw)
 }
@@ -611,6 +646,13 @@ pub fn validate(raw: FileConfig) -> Result<Settings, ConfigError> {
                 "use letters, digits, '.', '_' and '-' only",
             ));
         }
+    }
+    if let Some(name) = k.properties.keys().find(|n| !is_property_name(n)) {
+        return Err(ConfigError::new(
+            "kafka.properties",
+            format!("{name:?} is not a librdkafka property name"),
+            "use a name from librdkafka's CONFIGURATION.md, such as \"sasl.password\" (in the environment: GENESYS_BRIDGE_KAFKA__PROPERTIES__SASL_PASSWORD)",
+        ));
     }
     if k.partitions < 1 {
         return Err(ConfigError::new(
@@ -845,7 +887,7 @@ mod tests {
             );
             jail.set_env("GENESYS_BRIDGE_KAFKA__PROPERTIES__LINGER_MS", "7");
             jail.set_env(
-                "GENESYS_BRIDGE_KAFKA__PROPERTIES__SASL_OAUTHBEARER_CLIENT_ID",
+                "genesys_bridge_kafka__properties__sasl_oauthbearer_client_id",
                 "bridge",
             );
             let toml = format!(
@@ -859,6 +901,16 @@ mod tests {
             assert_eq!(p["sasl.oauthbearer.client.id"], "bridge");
             assert_eq!(p.len(), 4, "{:?}", p.keys());
             assert!(!format!("{:?}", s.kafka).contains("0123456789"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_kafka_property_variable_without_a_name_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("GENESYS_BRIDGE_KAFKA__PROPERTIES__", "x");
+            let e = load_in_jail(jail, GOOD).expect_err("refused");
+            assert_eq!(e.key, "kafka.properties");
             Ok(())
         });
     }
@@ -911,6 +963,10 @@ mod tests {
             ("[reconnect]\nmax_delay = \"1ms\"\n", "reconnect.max_delay"),
             ("[kafka]\ntopic_prefix = \"a b\"\n", "kafka.topic_prefix"),
             ("[kafka]\npartitions = 0\n", "kafka.partitions"),
+            (
+                "[kafka.properties]\n\"sasl..password\" = \"x\"\n",
+                "kafka.properties",
+            ),
             ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
             ("[dedup]\ncapacity = 0\n", "dedup.capacity"),
             ("shutdown_grace = \"0s\"\n", "shutdown_grace"),
