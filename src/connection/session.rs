@@ -259,9 +259,9 @@ impl Session<'_> {
             let watchdog = last_frame + self.ctx.heartbeat_timeout;
             tokio::select! {
                 () = cancel.cancelled() => {
-                    if let Some(reason) = self.close_and_drain(&mut socket).await {
+                    if let Some((since, reason)) = self.close_and_drain(&mut socket, last_frame_wall).await {
                         if receiving_since.is_some() {
-                            self.farewell.blind(last_frame_wall, reason);
+                            self.farewell.blind(since, reason);
                         }
                     }
                     events::socket_closed(self.shard, &channel_id, receiving_since.is_some());
@@ -294,10 +294,6 @@ impl Session<'_> {
                     }
                 }
                 message = socket.next() => {
-                    let previous_frame_wall = last_frame_wall;
-                    last_frame = Instant::now();
-                    last_frame_wall = SystemTime::now();
-                    clock.touch();
                     let text = match message {
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Binary(data))) => {
@@ -316,6 +312,12 @@ impl Session<'_> {
                         Some(Err(e)) => break (Some(Reason::SocketError), describe(&e), SystemTime::now()),
                         None => break (Some(Reason::SocketError), "connection ended without a close frame".into(), SystemTime::now()),
                     };
+                    // Only the server's text frames show the channel alive
+                    // (a protocol-level ping may come from a proxy).
+                    let previous_frame_wall = last_frame_wall;
+                    last_frame = Instant::now();
+                    last_frame_wall = SystemTime::now();
+                    clock.touch();
                     match frame::classify(text.as_str()) {
                         Frame::Notification(parsed) => {
                             let Some(spans) = Spans::of(text.as_str(), &parsed) else {
@@ -403,59 +405,102 @@ impl Session<'_> {
 
     /// Closes the socket politely and keeps every notification the server
     /// sent before its close reply: after a make-before-break move, or at
-    /// shutdown, those frames are already ours and must not be lost. A ping
-    /// goes just before the close. Returns `None` if the server showed the
-    /// channel alive (any answer but "channel not found"), else why it was
-    /// blind: a socket that has gone silent does not answer
-    /// (`HeartbeatTimeout`), and a channel that died with its token answers
-    /// 404 (`ChannelGone`) while its socket stays open, having sent nothing
-    /// since it died.
-    async fn close_and_drain<S>(&self, socket: &mut S) -> Option<Reason>
+    /// shutdown, those frames are already ours and must not be lost.
+    ///
+    /// It asks first, with a ping: a live channel answers "pong", a dead one
+    /// (its token revoked, say, its socket left open) "channel not found",
+    /// and a silent socket nothing. Only then does the close go. Returns
+    /// `None` if the channel answered alive, else why the socket was blind
+    /// and since when: its last text frame (`last_frame`, or one read here).
+    /// Within [`DRAIN_TIMEOUT`] in all.
+    async fn close_and_drain<S>(
+        &self,
+        socket: &mut S,
+        mut last_frame: SystemTime,
+    ) -> Option<(SystemTime, Reason)>
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        let goodbye = async {
-            socket.feed(Message::text(PING)).await?;
-            socket.send(Message::Close(None)).await
+        let pinged = tokio::time::timeout_at(deadline, socket.send(Message::text(PING))).await;
+        let heard = match pinged {
+            Ok(Ok(())) => self.drain(socket, deadline, true, &mut last_frame).await,
+            _ => Heard::Nothing,
         };
-        match tokio::time::timeout_at(deadline, goodbye).await {
-            Ok(Ok(())) => {}
-            _ => return Some(Reason::HeartbeatTimeout),
+        if matches!(heard, Heard::Pong | Heard::ChannelGone | Heard::Nothing) {
+            let closed = tokio::time::timeout_at(deadline, socket.send(Message::Close(None))).await;
+            if matches!(closed, Ok(Ok(()))) {
+                self.drain(socket, deadline, false, &mut last_frame).await;
+            }
         }
-        let (mut answered, mut gone) = (false, false);
-        let verdict = |answered: bool, gone: bool| match (answered, gone) {
-            (_, true) => Some(Reason::ChannelGone),
-            (false, false) => Some(Reason::HeartbeatTimeout),
-            (true, false) => None,
-        };
+        tracing::debug!(channel = %self.channel.id, ?heard, "Closing socket drained (or gave up at the deadline).");
+        match heard {
+            Heard::Pong | Heard::PipelineGone => None,
+            Heard::ChannelGone => Some((last_frame, Reason::ChannelGone)),
+            // A close before the pong says nothing of the channel: count it
+            // blind, the safe side.
+            Heard::Close | Heard::Nothing => Some((last_frame, Reason::HeartbeatTimeout)),
+        }
+    }
+
+    /// Reads until the deadline or the server's close, or, with
+    /// `until_answer`, the answer to a ping. Hands on every notification;
+    /// `last_frame` follows the text frames that show the channel alive.
+    async fn drain<S>(
+        &self,
+        socket: &mut S,
+        deadline: Instant,
+        until_answer: bool,
+        last_frame: &mut SystemTime,
+    ) -> Heard
+    where
+        S: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
         // Only the reads are bounded: a frame already read is handed on
         // however long the pipeline takes to take it.
         while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, socket.next()).await {
-            answered = true;
-            match message {
-                Message::Text(text) => match frame::classify(text.as_str()) {
-                    Frame::Notification(parsed) => {
-                        let Some(spans) = Spans::of(text.as_str(), &parsed) else {
-                            continue; // cannot happen: the parts are slices of the text
-                        };
-                        let channel = self.channel.id.clone();
-                        let notification =
-                            Notification::new(text, spans, channel, SystemTime::now());
-                        if !self.forward(notification).await {
-                            return verdict(true, gone);
-                        }
+            let text = match message {
+                Message::Text(text) => text,
+                Message::Close(_) => return Heard::Close,
+                _ => continue,
+            };
+            let now = SystemTime::now();
+            match frame::classify(text.as_str()) {
+                Frame::ChannelGone => return Heard::ChannelGone,
+                Frame::Notification(parsed) => {
+                    *last_frame = now;
+                    let Some(spans) = Spans::of(text.as_str(), &parsed) else {
+                        continue; // cannot happen: the parts are slices of the text
+                    };
+                    let notification = Notification::new(text, spans, self.channel.id.clone(), now);
+                    if !self.forward(notification).await {
+                        return Heard::PipelineGone;
                     }
-                    Frame::ChannelGone => gone = true,
-                    _ => {}
-                },
-                Message::Close(_) => return verdict(true, gone),
-                _ => {}
+                }
+                Frame::Pong if until_answer => {
+                    *last_frame = now;
+                    return Heard::Pong;
+                }
+                _ => *last_frame = now,
             }
         }
-        tracing::debug!(channel = %self.channel.id, answered, gone, "Closing socket drained (or gave up at the deadline).");
-        verdict(answered, gone)
+        Heard::Nothing
     }
+}
+
+/// What a closing socket's drain heard.
+#[derive(Debug, Clone, Copy)]
+enum Heard {
+    /// The answer to the ping: the channel is alive.
+    Pong,
+    /// The answer to the ping: the channel no longer exists.
+    ChannelGone,
+    /// The server's close.
+    Close,
+    /// Nothing that ends the drain, before the deadline.
+    Nothing,
+    /// The pipeline is gone (the process is stopping): no verdict needed.
+    PipelineGone,
 }
 
 /// A socket error as text without the URL (which is a credential).
@@ -687,9 +732,17 @@ mod tests {
         );
     }
 
-    /// A session stopped for a planned move: the server's answer to the
-    /// ping and close it sends says whether the socket was still live.
-    async fn stopped_with_the_answer(answer: Option<&str>) -> Option<(SystemTime, Reason)> {
+    /// How the server answers the ping a closing session sends first.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Answer {
+        Text(&'static str),
+        Close,
+        Silence,
+    }
+
+    /// A session stopped for a planned move; returns what it left in its
+    /// farewell, given the server's `answer` to its ping.
+    async fn stopped_with_the_answer(answer: Answer) -> Option<(SystemTime, Reason)> {
         let mut rig = rig();
         rig.from_socket.recv().await.expect("confirm ping");
         rig.to_socket.send(text(PONG)).expect("open");
@@ -704,30 +757,48 @@ mod tests {
         rig.cancel.cancel();
         let (_, ping) = rig.from_socket.recv().await.expect("a ping");
         assert_eq!(ping, Message::text(PING));
-        let (_, close) = rig.from_socket.recv().await.expect("a close");
-        assert_eq!(close, Message::Close(None));
-        if let Some(answer) = answer {
-            rig.to_socket.send(text(answer)).expect("open");
-            rig.to_socket.send(Ok(Message::Close(None))).expect("open");
+        match answer {
+            Answer::Text(t) => rig.to_socket.send(text(t)).expect("open"),
+            Answer::Close => rig.to_socket.send(Ok(Message::Close(None))).expect("open"),
+            Answer::Silence => {}
+        }
+        if answer != Answer::Close {
+            // The close goes once the ping is answered, or its wait is over.
+            let (_, close) = rig.from_socket.recv().await.expect("then the close");
+            assert_eq!(close, Message::Close(None));
+            // After silence the drain's time is already up: no one reads this.
+            let _ = rig.to_socket.send(Ok(Message::Close(None)));
         }
         assert!(rig.ended.await.expect("task").is_none());
         let blind = rig.farewell.blind_since();
         if let Some((since, _)) = blind {
             assert!(since >= before_last_frame, "blind from the last frame on");
+            assert!(
+                since <= before_last_frame + Duration::from_secs(1),
+                "not from the answer"
+            );
         }
         blind
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_close_tells_a_live_socket_from_a_silent_or_dead_one() {
-        assert_eq!(stopped_with_the_answer(Some(PONG)).await, None);
-        let dead = r#"{"result":"404","message":"Channel not found"}"#;
+        let reason = |blind: Option<(SystemTime, Reason)>| blind.map(|(_, r)| r);
+        let pong = stopped_with_the_answer(Answer::Text(PONG)).await;
+        assert_eq!(reason(pong), None);
+        let dead = Answer::Text(r#"{"result":"404","message":"Channel not found"}"#);
         assert_eq!(
-            stopped_with_the_answer(Some(dead)).await.map(|(_, r)| r),
+            reason(stopped_with_the_answer(dead).await),
             Some(Reason::ChannelGone)
         );
         assert_eq!(
-            stopped_with_the_answer(None).await.map(|(_, r)| r),
+            reason(stopped_with_the_answer(Answer::Silence).await),
+            Some(Reason::HeartbeatTimeout)
+        );
+        // A WebSocket close is no answer to the ping: it says nothing of
+        // the channel.
+        assert_eq!(
+            reason(stopped_with_the_answer(Answer::Close).await),
             Some(Reason::HeartbeatTimeout)
         );
     }
