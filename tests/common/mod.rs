@@ -218,12 +218,16 @@ fn read_topic_to_end(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
         // rest of a fetched batch is queued with it (librdkafka queues a
         // response's records together), so a short quiet after it ends the
         // read. Before it, only a minute of silence does.
+        // Then the watermarks are asked again, in case more was written.
         let mut last = Instant::now();
         loop {
             let behind = ends.values().any(|(next, high)| next < high);
             let patience = if behind { 60_000 } else { 200 };
             if last.elapsed() >= Duration::from_millis(patience) {
-                break;
+                if behind || !watermarks_rose(&consumer, topic, &mut ends) {
+                    break;
+                }
+                last = Instant::now();
             }
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
@@ -242,6 +246,26 @@ fn read_topic_to_end(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
         }
     }
     out
+}
+
+/// Asks the high watermarks of `ends`' partitions again; true if one rose
+/// past what was read.
+fn watermarks_rose(
+    consumer: &BaseConsumer,
+    topic: &str,
+    ends: &mut std::collections::HashMap<i32, (i64, i64)>,
+) -> bool {
+    let mut rose = false;
+    for (partition, (next, high)) in ends.iter_mut() {
+        let (_, now) = consumer
+            .fetch_watermarks(topic, *partition, Duration::from_secs(10))
+            .expect("watermarks");
+        if now > *next {
+            *high = now;
+            rose = true;
+        }
+    }
+    rose
 }
 
 /// Waits (up to `patience` of silence) until `at_least` records are in, then
