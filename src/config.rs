@@ -916,6 +916,21 @@ mod tests {
     }
 
     #[test]
+    fn a_kafka_property_value_that_is_not_utf8_is_refused_by_name() {
+        use std::os::unix::ffi::OsStrExt;
+        Jail::expect_with(|jail| {
+            let var = "GENESYS_BRIDGE_KAFKA__PROPERTIES__SASL_PASSWORD";
+            std::env::set_var(var, std::ffi::OsStr::from_bytes(b"s3cr\xfft"));
+            let result = load_in_jail(jail, GOOD);
+            std::env::remove_var(var);
+            let e = result.expect_err("refused");
+            assert_eq!(e.key, var);
+            assert!(!e.to_string().contains("s3cr"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secrets_never_print() {
         Jail::expect_with(|jail| {
             let s = load_in_jail(jail, GOOD).expect("valid");
