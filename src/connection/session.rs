@@ -425,7 +425,12 @@ impl Session<'_> {
         let pinged = tokio::time::timeout_at(deadline, socket.send(Message::text(PING))).await;
         let heard = match pinged {
             Ok(Ok(())) => self.drain(socket, deadline, true, &mut last_frame).await,
-            _ => Heard::Nothing,
+            // A socket that cannot be written to may still hold frames that
+            // were read: keep them; its verdict is blind whatever they are.
+            _ => {
+                self.drain(socket, deadline, false, &mut last_frame).await;
+                Heard::Nothing
+            }
         };
         if matches!(heard, Heard::Pong | Heard::ChannelGone | Heard::Nothing) {
             let closed = tokio::time::timeout_at(deadline, socket.send(Message::Close(None))).await;
