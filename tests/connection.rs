@@ -342,32 +342,29 @@ async fn stall_is_detected_within_the_heartbeat_timeout() {
     emu.shutdown().await;
 }
 
-/// A socket that went silent is replaced by a planned move (here, channel
-/// expiry) before its heartbeat timeout: the blind time from its last frame
-/// to the replacement is still a gap, with a marker, because the old socket
-/// does not answer its close (soak seed 16348171990338760388 found this
-/// with a token refresh).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_socket_replaced_by_a_planned_move_still_reports_its_gap() {
+/// One fault 1.5 s before a planned move (channel expiry), which must
+/// still report exactly one gap, for `reason`. The channel lives 12 s and is
+/// rotated 9 s after it was made (a quarter of its life before expiry); the
+/// 1.5 s margin lets a late wake-up of this task still hit the old socket,
+/// not the standby. `tweak` keeps the watchdog and pings from noticing
+/// first: only the move may end the socket.
+async fn blind_before_a_planned_move(
+    tweak: impl FnOnce(&mut FileConfig),
+    fault: impl FnOnce(&Emulator),
+    reason: Reason,
+) {
     let emu = emulator(EmuConfig {
         channel_lifetime: Duration::from_secs(12),
         ..quick_emulator()
     })
     .await;
-    // The channel is rotated 9 s after it was made (a quarter of its life
-    // before expiry): stall the socket 1.5 s before, so that it is silent
-    // when replaced, and a late wake-up of this task still stalls the old
-    // socket, not the standby.
     one_fault_one_gap(
         &emu,
-        // The watchdog would fire long after the move: only the move ends it.
-        |raw| raw.genesys.heartbeat_timeout = Duration::from_secs(30),
+        tweak,
         Duration::from_millis(7500),
-        || {
-            emu.stall_sockets(Target::All);
-        },
+        || fault(&emu),
         Duration::from_secs(6),
-        Reason::HeartbeatTimeout,
+        reason,
         // A planned move overlaps two sockets, and this manager has no dedup.
         true,
     )
@@ -375,37 +372,41 @@ async fn a_silent_socket_replaced_by_a_planned_move_still_reports_its_gap() {
     emu.shutdown().await;
 }
 
+/// A socket that went silent is replaced by a planned move before its
+/// heartbeat timeout: the blind time from its last frame to the
+/// replacement is still a gap, with a marker, because the old socket does
+/// not answer the ping sent before its close (soak seed
+/// 16348171990338760388 found this with a token refresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_replaced_by_a_planned_move_still_reports_its_gap() {
+    blind_before_a_planned_move(
+        |raw| raw.genesys.heartbeat_timeout = Duration::from_secs(30),
+        |emu| {
+            emu.stall_sockets(Target::All);
+        },
+        Reason::HeartbeatTimeout,
+    )
+    .await;
+}
+
 /// A channel dies with its revoked token while its socket stays open and
-/// silent, and a planned move (here, channel expiry) replaces it before a
-/// ping could hear "channel not found": the ping sent with the close hears
-/// it, and the blind time from the last frame is a gap (soak seed
-/// 1012108544663804314 found this with a token refresh 0.2 s after a
-/// revocation).
+/// silent, and a planned move replaces it before a ping could hear
+/// "channel not found": the ping sent before the close hears it, and the
+/// blind time from the last frame is a gap (soak seed 1012108544663804314
+/// found this with a token refresh 0.2 s after a revocation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_channel_replaced_by_a_planned_move_still_reports_its_gap() {
-    let emu = emulator(EmuConfig {
-        channel_lifetime: Duration::from_secs(12),
-        ..quick_emulator()
-    })
-    .await;
-    // As above: the channel is moved 9 s after it was made; its token is
-    // revoked 1.5 s before, and no ping or watchdog may notice meanwhile.
-    one_fault_one_gap(
-        &emu,
+    blind_before_a_planned_move(
         |raw| {
             raw.genesys.ping_interval = Duration::from_secs(30);
             raw.genesys.heartbeat_timeout = Duration::from_secs(60);
         },
-        Duration::from_millis(7500),
-        || {
+        |emu| {
             emu.revoke_tokens();
         },
-        Duration::from_secs(6),
         Reason::ChannelGone,
-        true,
     )
     .await;
-    emu.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
