@@ -402,37 +402,40 @@ pub fn figment(file: Option<&Path>) -> Figment {
     }
     figment
         .merge(
-            Env::prefixed("GENESYS_BRIDGE_")
+            Env::prefixed(ENV_PREFIX)
                 .ignore(&["config"])
-                .filter(|key| {
-                    !key.as_str()
-                        .to_ascii_lowercase()
-                        .starts_with("kafka__properties__")
-                })
+                .filter(|key| kafka_property_name(key.as_str()).is_none())
                 .split("__"),
         )
         .merge(kafka_properties_env())
         .merge(short_env())
 }
 
-/// The prefix of an environment variable that sets one librdkafka property
-/// (matched in any case, as figment matches `GENESYS_BRIDGE_`).
-const KAFKA_PROPERTY_ENV: &str = "GENESYS_BRIDGE_KAFKA__PROPERTIES__";
+/// The prefix of every environment variable of the bridge's keys.
+const ENV_PREFIX: &str = "GENESYS_BRIDGE_";
+
+/// `text` without its leading `prefix`, matched in any case (as figment
+/// matches [`ENV_PREFIX`]).
+fn strip_prefix_any_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+/// The librdkafka property a variable (its name after [`ENV_PREFIX`]) sets,
+/// if it is `KAFKA__PROPERTIES__<NAME>`: `<name>` lowercased, `.` for `_`.
+fn kafka_property_name(key: &str) -> Option<String> {
+    let name = strip_prefix_any_case(key, "KAFKA__PROPERTIES__")?;
+    Some(name.to_ascii_lowercase().replace('_', "."))
+}
 
 /// Every `GENESYS_BRIDGE_KAFKA__PROPERTIES__<NAME>` variable: its name, the
-/// librdkafka property it sets (`<name>` lowercased with `.` for `_`), and
-/// its value, `None` if that is not UTF-8.
+/// property it sets, and its value, `None` if that is not UTF-8.
 fn kafka_property_vars() -> Vec<(String, String, Option<String>)> {
     std::env::vars_os()
         .filter_map(|(var, value)| {
             let var = var.into_string().ok()?;
-            let prefix = var.get(..KAFKA_PROPERTY_ENV.len())?;
-            if !prefix.eq_ignore_ascii_case(KAFKA_PROPERTY_ENV) {
-                return None;
-            }
-            let property = var[KAFKA_PROPERTY_ENV.len()..]
-                .to_ascii_lowercase()
-                .replace('_', ".");
+            let property = kafka_property_name(strip_prefix_any_case(&var, ENV_PREFIX)?)?;
             Some((var, property, value.into_string().ok()))
         })
         .collect()
