@@ -18,7 +18,8 @@ pub struct Notification {
     /// The frame, byte for byte (it becomes the Kafka value unchanged).
     text: Utf8Bytes,
     spans: Spans,
-    /// The channel whose socket delivered it.
+    /// The tag of the channel whose socket delivered it (never the id:
+    /// that is a capability, see `genesys::api::ChannelId`).
     pub channel: Arc<str>,
     pub received_at: SystemTime,
 }

@@ -601,3 +601,80 @@ async fn a_429_on_the_socket_upgrade_is_honoured_too() {
     );
     emu.shutdown().await;
 }
+
+/// A channel id is a capability: its socket opens without a token, and
+/// Genesys then closes the socket already there. Whoever learns an id can
+/// kick the bridge off its channel (and read its events meanwhile). The
+/// bridge must treat it as any drop: one gap, counted, and its channel
+/// taken back; every event it missed was published inside that gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_socket_on_our_channel_is_a_gap_and_the_bridge_takes_it_back() {
+    let emu = emulator(quick_emulator()).await;
+    let topics = emu.sample_topics(6);
+    let m = Manager::start(settings(&emu, &topics, |_| {}));
+    covered(&emu, &topics).await;
+    let ids: Vec<String> = emu
+        .channels()
+        .into_iter()
+        .filter(|c| c.alive)
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids.len(), 1, "one shard, one channel: {ids:?}");
+
+    let stop = CancellationToken::new();
+    let publisher = publish_steadily(&emu, topics.clone(), 200, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The attack: the id alone, no token.
+    let uri = format!("ws://{}/channels/{}", emu.local_addr(), ids[0]);
+    let (mut attacker, _) = tokio_tungstenite::connect_async(uri)
+        .await
+        .expect("a channel's socket opens with its id alone");
+    let stolen = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut frames = 0usize;
+        while let Some(Ok(message)) = attacker.next().await {
+            frames += usize::from(message.is_text());
+        }
+        frames
+    });
+    // The bridge reconnects to its channel, which closes the intruder.
+    let stolen = tokio::time::timeout(Duration::from_secs(15), stolen)
+        .await
+        .expect("the bridge took its channel back")
+        .expect("attacker task");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    publisher.await.expect("publisher");
+    let out = m.stop().await;
+
+    let gaps = out.gaps();
+    assert_eq!(gaps.len(), 1, "the kick is one gap: {gaps:?}");
+    let gap = &gaps[0];
+    assert!(
+        matches!(gap.reason, Reason::ServerClose | Reason::SocketError),
+        "counted as a drop: {:?}",
+        gap.reason
+    );
+    let seqs: std::collections::HashSet<u64> = out.seqs().into_iter().collect();
+    let missed: Vec<_> = emu
+        .events()
+        .into_iter()
+        .filter(|e| e.deliverable() && !seqs.contains(&e.seq))
+        .collect();
+    println!(
+        "attacker read {stolen} frames; bridge gap {:.3}s ({:?}); bridge missed {} events",
+        secs_between(gap.ended_at, gap.started_at),
+        gap.reason,
+        missed.len()
+    );
+    for e in &missed {
+        assert!(
+            e.published_at >= gap.started_at && e.published_at <= gap.ended_at,
+            "event {} missed outside the reported gap",
+            e.seq
+        );
+    }
+    let stats = emu.event_stats();
+    assert!(stats.deliverable > 500, "the stream ran: {stats:?}");
+    emu.shutdown().await;
+}

@@ -229,6 +229,7 @@ async fn record_contract_for_every_topic_kind() {
         }
     };
     let mut kinds_seen = std::collections::BTreeSet::new();
+    let mut tags = std::collections::BTreeSet::new();
     for m in &messages {
         let value = std::str::from_utf8(m.payload().expect("value")).expect("utf-8");
         let seq = seq_of(value.as_bytes()).expect("an emulator event");
@@ -267,8 +268,22 @@ async fn record_contract_for_every_topic_kind() {
             header_str(m, "genesys-correlation-id").as_deref(),
             frame["metadata"]["CorrelationId"].as_str()
         );
-        let channel = header_str(m, "genesys-channel-id").expect("channel header");
-        assert!(channels.contains(&channel));
+        // The channel is named by a tag: a channel id opens its socket
+        // without a token, so it never goes into a record.
+        assert_eq!(
+            header(m, "genesys-channel-id"),
+            None,
+            "no channel id header"
+        );
+        let tag = header_str(m, "bridge-channel").expect("channel tag header");
+        assert!(
+            tag.len() == 12 && tag.chars().all(|c| c.is_ascii_hexdigit()),
+            "a 12-hex-digit tag: {tag}"
+        );
+        assert!(!channels
+            .iter()
+            .any(|id| id.contains(&tag) || tag.contains(id.as_str())));
+        tags.insert(tag);
         let at: u64 = header_str(m, "bridge-received-at")
             .expect("received-at")
             .parse()
@@ -283,6 +298,8 @@ async fn record_contract_for_every_topic_kind() {
         }
     }
     assert_eq!(kinds_seen.len(), kinds, "every kind checked");
+    // One shard, no move: one socket delivered everything.
+    assert_eq!(tags.len(), 1, "one channel, one tag: {tags:?}");
     emu.shutdown().await;
 }
 

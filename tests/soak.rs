@@ -275,6 +275,10 @@ async fn soak(seed: u64, duration: Duration) -> Figures {
     let logs = std::fs::read(work.join("bridge.log")).expect("bridge log");
     let logs = String::from_utf8_lossy(&logs);
     assert_no_secrets(&logs, &[SECRET], emu.local_addr().port());
+    // Channel ids are capabilities: none in the bridge's log or records.
+    let ids: Vec<String> = emu.channels().into_iter().map(|c| c.id).collect();
+    assert_no_channel_id(&logs, &ids, "the bridge's trace log");
+    assert_no_channel_id_in_records(&messages, &ids);
     emu.shutdown().await;
     drop(broker);
     Figures {

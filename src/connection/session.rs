@@ -228,6 +228,8 @@ impl Session<'_> {
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
         let channel_id = self.channel.id.clone();
+        // Logs and records name the channel by its tag, never by its id.
+        let tag = channel_id.tag().clone();
         let clock = metrics().heartbeat_clock();
         let mut last_frame = Instant::now();
         let mut last_frame_wall = SystemTime::now();
@@ -264,7 +266,7 @@ impl Session<'_> {
                             self.farewell.blind(since, reason);
                         }
                     }
-                    events::socket_closed(self.shard, &channel_id, receiving_since.is_some());
+                    events::socket_closed(self.shard, &tag, receiving_since.is_some());
                     return None;
                 }
                 result = async { subscribe.as_mut().expect("guarded by the select condition").await },
@@ -297,7 +299,7 @@ impl Session<'_> {
                     let text = match message {
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Binary(data))) => {
-                            events::frame_invalid(&channel_id, "binary frame", data.len());
+                            events::frame_invalid(&tag, "binary frame", data.len());
                             continue;
                         }
                         Some(Ok(Message::Close(frame))) => {
@@ -306,7 +308,7 @@ impl Session<'_> {
                         }
                         Some(Ok(_)) => continue, // protocol ping/pong, raw frames
                         Some(Err(WsError::Capacity(_))) => {
-                            events::frame_too_large(&channel_id);
+                            events::frame_too_large(&tag);
                             break (Some(Reason::SocketError), "frame too large".into(), SystemTime::now());
                         }
                         Some(Err(e)) => break (Some(Reason::SocketError), describe(&e), SystemTime::now()),
@@ -323,7 +325,7 @@ impl Session<'_> {
                             let Some(spans) = Spans::of(text.as_str(), &parsed) else {
                                 continue; // cannot happen: the parts are slices of the text
                             };
-                            let notification = Notification::new(text, spans, self.channel.id.clone(), last_frame_wall);
+                            let notification = Notification::new(text, spans, self.channel.id.tag().clone(), last_frame_wall);
                             if !self.forward(notification).await {
                                 // The pipeline is gone: the process is shutting down.
                                 return None;
@@ -335,7 +337,7 @@ impl Session<'_> {
                             if receiving_since.is_none() && confirm_sent {
                                 if let Some((accepted, rejected)) = subscribed.take() {
                                     receiving_since = Some((Instant::now(), SystemTime::now()));
-                                    events::socket_receiving(self.shard, &channel_id, self.reused);
+                                    events::socket_receiving(self.shard, &tag, self.reused);
                                     let _ = self.events.send(SessionEvent::Receiving {
                                         channel: self.channel.clone(),
                                         reused: self.reused,
@@ -362,7 +364,7 @@ impl Session<'_> {
                         // It died at some point since the frame before this answer.
                         Frame::ChannelGone => break (Some(Reason::ChannelGone), "channel not found (404)".into(), previous_frame_wall),
                         Frame::Reply { .. } | Frame::Unknown => {}
-                        Frame::Invalid(why) => events::frame_invalid(&channel_id, why, text.len()),
+                        Frame::Invalid(why) => events::frame_invalid(&tag, why, text.len()),
                     }
                 }
                 _ = ping.tick() => {
@@ -376,7 +378,7 @@ impl Session<'_> {
             }
         };
         let (reason, detail, since) = outcome;
-        events::socket_closed(self.shard, &channel_id, receiving_since.is_some());
+        events::socket_closed(self.shard, &tag, receiving_since.is_some());
         // A socket that never confirmed receiving is a failed set-up, not a lost socket.
         let reason = receiving_since.and(reason);
         // A dead socket is dropped, not closed politely: that could hang.
@@ -477,7 +479,8 @@ impl Session<'_> {
                     let Some(spans) = Spans::of(text.as_str(), &parsed) else {
                         continue; // cannot happen: the parts are slices of the text
                     };
-                    let notification = Notification::new(text, spans, self.channel.id.clone(), now);
+                    let notification =
+                        Notification::new(text, spans, self.channel.id.tag().clone(), now);
                     if !self.forward(notification).await {
                         return Heard::PipelineGone;
                     }
@@ -535,6 +538,7 @@ mod tests {
 
     use super::*;
     use crate::config::{ReconnectSection, Secret};
+    use crate::genesys::api::ChannelId;
     use crate::genesys::auth::Auth;
 
     /// A socket whose incoming frames the test sends and whose outgoing
@@ -603,7 +607,7 @@ mod tests {
             max_frame_bytes: 1 << 20,
         };
         let channel = Channel {
-            id: "streaming-0-test".into(),
+            id: ChannelId::new("streaming-0-test"),
             connect_uri: serde_json::from_str("\"ws://127.0.0.1:9/channels/streaming-0-test\"")
                 .expect("a JSON string"),
             expires: None,
@@ -715,7 +719,8 @@ mod tests {
             panic!("the event is forwarded");
         };
         assert_eq!(&n.raw()[..], event.as_bytes(), "byte for byte");
-        assert_eq!(&*n.channel, "streaming-0-test");
+        assert_eq!(n.channel, *ChannelId::new("streaming-0-test").tag());
+        assert!(!n.channel.contains("streaming"), "a tag, not the id");
         let mut planned = None;
         while let Some(e) = rig.events.recv().await {
             if let SessionEvent::Planned { reason, .. } = e {

@@ -358,7 +358,7 @@ impl Slot {
                 let Some(active) = self.active.take() else {
                     return;
                 };
-                let channel_id = ended.channel.as_ref().map(|c| c.id.clone());
+                let channel = ended.channel.as_ref().map(|c| c.id.tag().clone());
                 if active.receiving {
                     let reason = self
                         .rotation
@@ -368,7 +368,7 @@ impl Slot {
                     if self.rotation.is_none() {
                         events::reconnect(
                             self.shard.index,
-                            channel_id.as_deref().unwrap_or("-"),
+                            channel.as_deref().unwrap_or("-"),
                             reason,
                             &ended.detail,
                         );
@@ -403,7 +403,9 @@ impl Slot {
         let delay = self.backoff.next_delay(ended.retry_after);
         if ended.reason.is_none() {
             match &ended.channel {
-                Some(c) => events::connect_failed(self.shard.index, &c.id, &ended.detail, delay),
+                Some(c) => {
+                    events::connect_failed(self.shard.index, c.id.tag(), &ended.detail, delay)
+                }
                 None => tracing::warn!(
                     shard = self.shard.index,
                     error = %ended.detail,
@@ -524,10 +526,9 @@ impl Slot {
     }
 
     fn on_planned(&mut self, reason: Reason, detail: &'static str) {
-        let Some(active) = self.active.as_ref() else {
+        if self.active.is_none() {
             return;
-        };
-        let channel = active.channel.as_ref().map_or("-".into(), |c| c.id.clone());
+        }
         if detail == "another_channel_subscribed"
             && self.redundancy > 1
             && self.standby.is_none()
@@ -548,7 +549,6 @@ impl Slot {
             self.dormant = true;
             return;
         }
-        let _ = channel;
         self.plan_rotation(reason, detail);
     }
 
@@ -563,7 +563,7 @@ impl Slot {
             .active
             .as_ref()
             .and_then(|a| a.channel.as_ref())
-            .map_or("-".into(), |c| c.id.clone());
+            .map_or("-".into(), |c| c.id.tag().clone());
         events::reconnect(self.shard.index, &channel, reason, detail);
         self.rotation = Some((reason, Instant::now()));
     }

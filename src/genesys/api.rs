@@ -64,10 +64,71 @@ impl fmt::Debug for ConnectUri {
     }
 }
 
+/// A channel id. It is a capability: the socket URL is the API host plus
+/// `/channels/<id>`, opening it needs no token, and Genesys then closes the
+/// socket already there (one socket per channel). So `Display` and `Debug`
+/// show only its [tag](ChannelId::tag); the id itself is read with
+/// [`expose`](ChannelId::expose), for the REST paths that need it.
+#[derive(Clone)]
+pub struct ChannelId {
+    id: Arc<str>,
+    tag: Arc<str>,
+}
+
+impl ChannelId {
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            tag: channel_tag(id).into(),
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.id
+    }
+
+    /// 12 hex digits of a keyed hash of the id, with a key drawn at random
+    /// once per process: it tells this process's channels apart in records
+    /// and logs, and cannot be turned back into the id (nor linked to one
+    /// without the key, which never leaves the process).
+    pub fn tag(&self) -> &Arc<str> {
+        &self.tag
+    }
+}
+
+impl PartialEq for ChannelId {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for ChannelId {}
+
+impl fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.tag)
+    }
+}
+
+impl fmt::Debug for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelId({})", self.tag)
+    }
+}
+
+fn channel_tag(id: &str) -> String {
+    use std::hash::BuildHasher;
+    // SipHash-1-3 under a random 128-bit key: a keyed pseudo-random function.
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let hash = KEY.get_or_init(Default::default).hash_one(id);
+    format!("{:012x}", hash >> 16)
+}
+
 /// A notification channel.
 #[derive(Debug, Clone)]
 pub struct Channel {
-    pub id: Arc<str>,
+    pub id: ChannelId,
     pub connect_uri: ConnectUri,
     /// When Genesys will remove it unless subscribed again.
     pub expires: Option<SystemTime>,
@@ -153,7 +214,7 @@ impl Api {
             .await
             .map_err(|e| ApiError::Decode(e.without_url().to_string()))?;
         Ok(Channel {
-            id: reply.id.into(),
+            id: ChannelId::new(&reply.id),
             connect_uri: reply.connect_uri,
             expires: reply.expires.as_deref().and_then(parse_time),
             token_generation: token.generation,
@@ -162,8 +223,12 @@ impl Api {
     }
 
     /// `HEAD /api/v2/notifications/channels/{id}`: whether it still exists.
-    pub async fn channel_exists(&self, id: &str) -> Result<bool, ApiError> {
-        let url = format!("{}/api/v2/notifications/channels/{id}", self.base);
+    pub async fn channel_exists(&self, id: &ChannelId) -> Result<bool, ApiError> {
+        let url = format!(
+            "{}/api/v2/notifications/channels/{}",
+            self.base,
+            id.expose()
+        );
         match self.send(|| self.http.request(Method::HEAD, &url)).await {
             Ok(_) => Ok(true),
             Err(ApiError::NotFound) => Ok(false),
@@ -175,12 +240,13 @@ impl Api {
     /// topics Genesys refuses come back `Rejected` instead of failing the call.
     pub async fn put_subscriptions(
         &self,
-        channel: &str,
+        channel: &ChannelId,
         topics: &[String],
     ) -> Result<Vec<ChannelTopic>, ApiError> {
         let url = format!(
-            "{}/api/v2/notifications/channels/{channel}/subscriptions?ignoreErrors=true",
-            self.base
+            "{}/api/v2/notifications/channels/{}/subscriptions?ignoreErrors=true",
+            self.base,
+            channel.expose()
         );
         let body: Vec<TopicId<'_>> = topics.iter().map(|t| TopicId { id: t }).collect();
         let (response, _) = self
@@ -282,6 +348,22 @@ mod tests {
         assert_eq!(d, 1_795_860_000);
         assert!(parse_time("2026-11-28T10:00:00Z").is_some());
         assert!(parse_time("tomorrow").is_none());
+    }
+
+    #[test]
+    fn a_channel_id_shows_only_its_tag() {
+        let id = ChannelId::new("streaming-0-fmtdmf8cdis7jh14udg5p89t6z");
+        let tag = id.tag().to_string();
+        assert_eq!(tag.len(), 12);
+        assert!(tag.chars().all(|c| c.is_ascii_hexdigit()));
+        for shown in [format!("{id}"), format!("{id:?}")] {
+            assert!(shown.contains(&tag), "{shown}");
+            assert!(!shown.contains("fmtdmf8"), "{shown}");
+        }
+        // Stable within the process, distinct between channels.
+        assert_eq!(ChannelId::new(id.expose()).tag(), id.tag());
+        assert_ne!(ChannelId::new("streaming-0-other").tag(), id.tag());
+        assert_eq!(id.expose(), "streaming-0-fmtdmf8cdis7jh14udg5p89t6z");
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct Router {
     map: BTreeMap<String, String>,
     cache: HashMap<Box<str>, Arc<str>>,
     gaps_topic: Arc<str>,
-    /// The last channel seen, with its header value.
+    /// The last channel tag seen, with its header value.
     channel: Option<(Arc<str>, Bytes)>,
 }
 
@@ -71,10 +71,7 @@ impl Router {
         if let Some(c) = frame.correlation_id {
             headers.push(("genesys-correlation-id", cut(c)));
         }
-        headers.push((
-            "genesys-channel-id",
-            self.channel_header(&notification.channel),
-        ));
+        headers.push(("bridge-channel", self.channel_header(&notification.channel)));
         if let Some(id) = resource.id {
             headers.push(("genesys-resource-id", cut(id)));
         }
@@ -94,7 +91,7 @@ impl Router {
         }
     }
 
-    /// The channel id as a header value, made once per channel.
+    /// The channel's tag as a header value, made once per channel.
     fn channel_header(&mut self, channel: &Arc<str>) -> Bytes {
         match &self.channel {
             Some((id, bytes)) if Arc::ptr_eq(id, channel) || **id == **channel => bytes.clone(),

@@ -622,3 +622,47 @@ fn looks_random(run: &str) -> bool {
         seen.len() >= 12
     })
 }
+
+/// Fails if `text` holds any of the channel ids, or the random part of one.
+pub fn assert_no_channel_id(text: &str, ids: &[String], what: &str) {
+    for id in ids {
+        let random = id.rsplit('-').next().unwrap_or(id);
+        assert!(
+            random.len() >= 8,
+            "the emulator's ids end in a random part: {id}"
+        );
+        if let Some(at) = text.find(random) {
+            let start = text[..at]
+                .char_indices()
+                .rev()
+                .nth(200)
+                .map_or(0, |(i, _)| i);
+            let context: String = text[start..].chars().take(400).collect();
+            panic!("{what} holds channel id {id}: ...{context}...");
+        }
+    }
+}
+
+/// Fails if a record's value or a header holds a channel id; returns the
+/// channel tags the records carry (`bridge-channel`).
+pub fn assert_no_channel_id_in_records(
+    records: &[OwnedMessage],
+    ids: &[String],
+) -> std::collections::BTreeSet<String> {
+    use rdkafka::message::Headers;
+    let mut tags = std::collections::BTreeSet::new();
+    for m in records {
+        let mut text = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+        if let Some(headers) = m.headers() {
+            for h in headers.iter() {
+                let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                text.push_str(&format!("\n{}={value}", h.key));
+            }
+        }
+        assert_no_channel_id(&text, ids, "a Kafka record");
+        if let Some(tag) = header_str(m, "bridge-channel") {
+            tags.insert(tag);
+        }
+    }
+    tags
+}
