@@ -136,10 +136,9 @@ impl Shard {
             if c.receiving != 1 {
                 return;
             }
-            metrics()
-                .health
-                .shards_covered
-                .fetch_add(1, Ordering::Relaxed);
+            let health = &metrics().health;
+            health.shards_covered.fetch_add(1, Ordering::Relaxed);
+            health.gap_closed(self.index);
             c.gap.take()
         };
         if let Some((started_at, reason)) = gap {
@@ -194,10 +193,9 @@ impl Shard {
     fn down_locked(&self, c: &mut Coverage, since: SystemTime, reason: Reason) {
         c.receiving = c.receiving.saturating_sub(1);
         if c.receiving == 0 {
-            metrics()
-                .health
-                .shards_covered
-                .fetch_sub(1, Ordering::Relaxed);
+            let health = &metrics().health;
+            health.shards_covered.fetch_sub(1, Ordering::Relaxed);
+            health.gap_opened(self.index, since);
             c.gap = Some((since, reason));
             events::gap_opened(self.index, reason, since);
             self.lost.notify_waiters();

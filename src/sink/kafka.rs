@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Record;
 use crate::config::{KafkaSection, OverflowPolicy};
-use crate::telemetry::{events, metrics};
+use crate::telemetry::{events, metrics, DropReason};
 use crate::timer::sleep_until_opt;
 
 /// A retried delivery waits this long first, so a broken topic is not a hot loop.
@@ -413,7 +413,7 @@ pub async fn run(
                     let p = producer.clone();
                     move || p.flush(Duration::from_secs(1)).is_ok()
                 }).await.unwrap_or(false);
-                metrics().events_dropped.with_label_values(&["shutdown"]).inc_by(waiting as u64);
+                metrics().events_dropped.with_label_values(&[DropReason::Shutdown.as_str()]).inc_by(waiting as u64);
                 tracing::error!(undelivered = waiting, flushed, "Shutdown deadline reached with events not yet acknowledged by Kafka.");
                 return;
             }
@@ -440,7 +440,7 @@ pub async fn run(
                 for record in incoming.drain(..) {
                     // Gap markers are never dropped: they are how consumers learn to resync.
                     if in_flight + retries.len() >= buffer && record.is_event() {
-                        events::dropped("overflow", &record.topic);
+                        events::dropped(DropReason::Overflow, &record.topic);
                         continue;
                     }
                     if let Some(new_topics) = new_topics.as_mut() {
@@ -525,7 +525,7 @@ fn settle(
     match result {
         Ok(()) => return record.received_at,
         Err(error) if permanent(&error) => {
-            events::dropped("kafka_rejected", &record.topic);
+            events::dropped(DropReason::KafkaRejected, &record.topic);
             tracing::error!(topic = %record.topic, error = %error, "Kafka refused the record for good.");
         }
         Err(error) => {

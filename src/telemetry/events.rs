@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{debug, error, info, warn};
 
-use super::metrics;
+use super::{metrics, DropReason};
 use crate::event::{Gap, Reason};
 use crate::genesys::api::ApiError;
 use crate::genesys::auth::AuthError;
@@ -169,9 +169,12 @@ pub fn published(n: u64, latency: Option<Duration>) {
     }
 }
 
-pub fn dropped(reason: &'static str, topic: &str) {
-    metrics().events_dropped.with_label_values(&[reason]).inc();
-    warn!(reason, topic, "Dropped an event.");
+pub fn dropped(reason: DropReason, topic: &str) {
+    metrics()
+        .events_dropped
+        .with_label_values(&[reason.as_str()])
+        .inc();
+    warn!(reason = reason.as_str(), topic, "Dropped an event.");
 }
 
 pub fn delivery_error(topic: &str, error: &str) {

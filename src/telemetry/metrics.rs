@@ -1,6 +1,7 @@
 //! The metric set (names fixed by the README's metric table) and the health
 //! record behind `/readyz`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,9 +32,48 @@ pub struct Metrics {
     pub kafka_delivery_errors: IntCounter,
     pub buffered_events: IntGauge,
     pub build_info: IntGaugeVec,
+    /// Scrape-time gauges read from [`Health`]: what `/readyz` knows, as
+    /// numbers an alert can rest on.
+    ready: IntGauge,
+    shards: IntGaugeVec,
+    gap_open_seconds: Gauge,
     pub health: Health,
     clocks: Mutex<Vec<Arc<AtomicU64>>>,
 }
+
+/// Why an event was dropped after receipt (`events_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The output's buffer was full and the overflow policy drops.
+    Overflow,
+    /// The shutdown deadline passed with the event unacknowledged.
+    Shutdown,
+    /// Kafka refused the record for good (too large, not authorised).
+    KafkaRejected,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [
+        DropReason::Overflow,
+        DropReason::Shutdown,
+        DropReason::KafkaRejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Overflow => "overflow",
+            DropReason::Shutdown => "shutdown",
+            DropReason::KafkaRejected => "kafka_rejected",
+        }
+    }
+}
+
+/// The kinds of `gaps_total{kind}`.
+pub const GAP_KINDS: [&str; 2] = ["planned", "unplanned"];
+/// The results of `token_refreshes_total{result}`.
+pub const TOKEN_RESULTS: [&str; 3] = ["ok", "rejected", "error"];
+/// The states of `shards{state}`: each shard is in exactly one.
+pub const SHARD_STATES: [&str; 3] = ["receiving", "blind", "rejected"];
 
 /// What `/readyz` needs to know.
 #[derive(Default)]
@@ -45,6 +85,8 @@ pub struct Health {
     pub kafka_reachable: AtomicBool,
     /// Set when the sink needs no broker (stdout).
     pub kafka_not_needed: AtomicBool,
+    /// The start of each open gap, by shard.
+    open_gaps: Mutex<BTreeMap<usize, SystemTime>>,
 }
 
 impl Health {
@@ -71,6 +113,39 @@ impl Health {
             missing.push("kafka not reachable".to_owned());
         }
         (!missing.is_empty()).then(|| missing.join("; "))
+    }
+
+    /// Shard `shard` went blind at `since` (a gap opened).
+    pub fn gap_opened(&self, shard: usize, since: SystemTime) {
+        if let Ok(mut gaps) = self.open_gaps.lock() {
+            gaps.insert(shard, since);
+        }
+    }
+
+    /// Shard `shard`'s gap closed.
+    pub fn gap_closed(&self, shard: usize) {
+        if let Ok(mut gaps) = self.open_gaps.lock() {
+            gaps.remove(&shard);
+        }
+    }
+
+    /// The age of the oldest open gap at `now`; zero when none is open.
+    fn oldest_gap_age(&self, now: SystemTime) -> f64 {
+        self.open_gaps
+            .lock()
+            .ok()
+            .and_then(|gaps| gaps.values().min().copied())
+            .and_then(|since| now.duration_since(since).ok())
+            .map_or(0.0, |age| age.as_secs_f64())
+    }
+
+    /// Shards receiving, blind and rejected (every topic refused), in the
+    /// order of [`SHARD_STATES`]. A shard not yet subscribed is blind.
+    fn shard_states(&self) -> [i64; 3] {
+        let total = self.shards_total.load(Ordering::Relaxed);
+        let receiving = self.shards_covered.load(Ordering::Relaxed).max(0);
+        let rejected = self.shards_rejected.load(Ordering::Relaxed).max(0);
+        [receiving, (total - receiving - rejected).max(0), rejected]
     }
 }
 
@@ -198,6 +273,22 @@ impl Metrics {
                 Opts::new("genesys_bridge_build_info", "Build information; always 1."),
                 &["version"],
             )?,
+            ready: IntGauge::new(
+                "genesys_bridge_ready",
+                "1 when /readyz answers 200 (every shard receiving, Kafka reachable), else 0.",
+            )?,
+            shards: IntGaugeVec::new(
+                Opts::new(
+                    "genesys_bridge_shards",
+                    "Shards by state: receiving (a socket receiving), blind (none: a gap), \
+                     rejected (every topic refused).",
+                ),
+                &["state"],
+            )?,
+            gap_open_seconds: Gauge::new(
+                "genesys_bridge_gap_open_seconds",
+                "Age of the oldest open gap; 0 when no shard is blind after having received.",
+            )?,
             registry,
             health: Health::default(),
             clocks: Mutex::new(Vec::new()),
@@ -220,18 +311,30 @@ impl Metrics {
         r.register(Box::new(m.kafka_delivery_errors.clone()))?;
         r.register(Box::new(m.buffered_events.clone()))?;
         r.register(Box::new(m.build_info.clone()))?;
-        // Every label value exists from the start, so rate() works on the first increment.
+        r.register(Box::new(m.ready.clone()))?;
+        r.register(Box::new(m.shards.clone()))?;
+        r.register(Box::new(m.gap_open_seconds.clone()))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes, ...
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        // Every label value exists from the start, so rate() works on the
+        // first increment and an alert on a series sees it before then.
         for reason in Reason::ALL {
             m.reconnects.with_label_values(&[reason.as_str()]);
         }
-        for reason in ["overflow", "shutdown"] {
-            m.events_dropped.with_label_values(&[reason]);
+        for reason in DropReason::ALL {
+            m.events_dropped.with_label_values(&[reason.as_str()]);
         }
-        for kind in ["planned", "unplanned"] {
+        for kind in GAP_KINDS {
             m.gaps.with_label_values(&[kind]);
         }
-        for result in ["ok", "rejected", "error"] {
+        for result in TOKEN_RESULTS {
             m.token_refreshes.with_label_values(&[result]);
+        }
+        for state in SHARD_STATES {
+            m.shards.with_label_values(&[state]);
         }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -263,11 +366,72 @@ impl Metrics {
             })
             .unwrap_or(0);
         self.heartbeat_age.set(stalest as f64 / 1000.0);
+        self.ready.set(i64::from(self.health.not_ready().is_none()));
+        for (state, n) in SHARD_STATES.iter().zip(self.health.shard_states()) {
+            self.shards.with_label_values(&[state]).set(n);
+        }
+        self.gap_open_seconds
+            .set(self.health.oldest_gap_age(SystemTime::now()));
         let mut out = String::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "Could not encode metrics.");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn every_labelled_series_and_the_health_gauges_exist_from_the_start() {
+        let text = metrics().render();
+        for series in [
+            r#"genesys_bridge_events_dropped_total{reason="kafka_rejected"}"#,
+            r#"genesys_bridge_events_dropped_total{reason="overflow"}"#,
+            r#"genesys_bridge_shards{state="receiving"}"#,
+            r#"genesys_bridge_shards{state="blind"}"#,
+            r#"genesys_bridge_shards{state="rejected"}"#,
+            r#"genesys_bridge_reconnects_total{reason="channel_gone"}"#,
+            "genesys_bridge_ready ",
+            "genesys_bridge_gap_open_seconds ",
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn shard_states_split_every_shard_into_one_state() {
+        let health = Health::default();
+        health.shards_total.store(5, Ordering::Relaxed);
+        assert_eq!(
+            health.shard_states(),
+            [0, 5, 0],
+            "not yet subscribed: blind"
+        );
+        health.shards_covered.store(3, Ordering::Relaxed);
+        health.shards_rejected.store(1, Ordering::Relaxed);
+        assert_eq!(health.shard_states(), [3, 1, 1]);
+        assert!(health.not_ready().is_some());
+    }
+
+    #[test]
+    fn the_oldest_open_gap_sets_the_age() {
+        let health = Health::default();
+        let now = SystemTime::now();
+        assert_eq!(health.oldest_gap_age(now), 0.0, "no gap: zero");
+        health.gap_opened(0, now - Duration::from_secs(3));
+        health.gap_opened(2, now - Duration::from_secs(7));
+        assert_eq!(health.oldest_gap_age(now), 7.0);
+        health.gap_closed(2);
+        assert_eq!(health.oldest_gap_age(now), 3.0);
+        health.gap_closed(0);
+        assert_eq!(health.oldest_gap_age(now), 0.0);
     }
 }

@@ -7,7 +7,7 @@
 pub mod events;
 mod metrics;
 
-pub use metrics::{metrics, Health, HeartbeatClock, Metrics};
+pub use metrics::{metrics, DropReason, Health, HeartbeatClock, Metrics};
 
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::fmt::MakeWriter;
