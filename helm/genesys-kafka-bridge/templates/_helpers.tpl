@@ -28,6 +28,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{ include "genesys-kafka-bridge.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- /* Fixed: the ServiceMonitor's jobLabel, so the scrape job is always
+"genesys-kafka-bridge", the name the alert rules expect. */}}
+app.kubernetes.io/part-of: genesys-kafka-bridge
 {{- end -}}
 
 {{- define "genesys-kafka-bridge.serviceAccountName" -}}
@@ -46,7 +49,108 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "genesys-kafka-bridge.secretDir" -}}/var/run/secrets/genesys-kafka-bridge{{- end -}}
 
 {{/*
-Checks that fail the render with the fix, rather than a pod that crash-loops.
+The full name before any truncation: the checks refuse a name Kubernetes
+would not take rather than cut it (a cut name can collide or end in "-").
+*/}}
+{{- define "genesys-kafka-bridge.untruncatedFullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A duration as the bridge reads it (humantime, see src/config.rs: one or more
+<number>[.<fraction>]<unit>, optionally spaced: "30s", "1m30s", "25000ms",
+"1.5h", "2 min"), in seconds as a decimal string. `key` names the value in
+the error. A form the bridge would refuse is refused here too.
+*/}}
+{{- define "genesys-kafka-bridge.durationSeconds" -}}
+{{- $key := .key -}}
+{{- $text := .value -}}
+{{- if not (kindIs "string" $text) -}}
+{{- fail (printf "%s must be a duration string such as \"20s\" or \"1m30s\", not %v (a bare number has no unit)" $key $text) -}}
+{{- end -}}
+{{- $units := dict "nanos" 0.000000001 "nsec" 0.000000001 "ns" 0.000000001 "usec" 0.000001 "us" 0.000001 "µs" 0.000001 "millis" 0.001 "msec" 0.001 "ms" 0.001 "seconds" 1 "second" 1 "secs" 1 "sec" 1 "s" 1 "minutes" 60 "minute" 60 "min" 60 "mins" 60 "m" 60 "hours" 3600 "hour" 3600 "hr" 3600 "hrs" 3600 "h" 3600 "days" 86400 "day" 86400 "d" 86400 "weeks" 604800 "week" 604800 "wk" 604800 "wks" 604800 "w" 604800 "months" 2630016 "month" 2630016 "M" 2630016 "years" 31557600 "year" 31557600 "yr" 31557600 "yrs" 31557600 "y" 31557600 -}}
+{{- $total := 0.0 -}}
+{{- if ne (trim $text) "0" -}}
+{{- if not (regexMatch "^\\s*([0-9]+(\\.[0-9]+)?\\s*[A-Za-zµ]+\\s*)+$" $text) -}}
+{{- fail (printf "%s: cannot read %q as a duration; write it like \"30s\", \"1m30s\" or \"25000ms\"" $key $text) -}}
+{{- end -}}
+{{- range $part := regexFindAll "[0-9]+(\\.[0-9]+)?\\s*[A-Za-zµ]+" $text -1 -}}
+{{- $unit := regexFind "[A-Za-zµ]+$" $part -}}
+{{- if not (hasKey $units $unit) -}}
+{{- fail (printf "%s: unknown time unit %q in %q; use ms, s, m, h (or ns, us, d, w, M, y)" $key $unit $text) -}}
+{{- end -}}
+{{- $n := regexFind "^[0-9]+(\\.[0-9]+)?" $part | float64 -}}
+{{- $total = addf $total (mulf $n (index $units $unit)) -}}
+{{- end -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}
+
+{{/*
+Topics the chart can count (`topics` and config.genesys.topics, trimmed and
+without duplicates, as the bridge does), or "" when they come from where the
+chart cannot see: a topics_file of the user's, or the environment.
+*/}}
+{{- define "genesys-kafka-bridge.topicCount" -}}
+{{- $genesys := (.Values.config | default dict).genesys | default dict -}}
+{{- $hidden := and (not .Values.topics) $genesys.topics_file -}}
+{{- range .Values.extraEnv | default list -}}
+{{- if regexMatch "(?i)^GENESYS_BRIDGE_GENESYS__(TOPICS|TOPICS_FILE|REDUNDANCY)$" (toString .name) -}}
+{{- $hidden = true -}}
+{{- end -}}
+{{- end -}}
+{{- if not $hidden -}}
+{{- $all := list -}}
+{{- range concat (.Values.topics | default list) ($genesys.topics | default list) -}}
+{{- $t := trim (toString .) -}}
+{{- if $t }}{{ $all = append $all $t }}{{ end -}}
+{{- end -}}
+{{- len (uniq $all) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The channels one pod of the bridge can hold at once, as
+src/connection/supervisor.rs runs it: shards of 1,000 topics times
+`redundancy` slots, each with a receiving channel, plus the make-before-break
+standbys of planned moves. Those take permits from a pool of
+20 - slots (at least 1) and at most one per slot, so all slots can move at
+once (a token refresh moves every slot; Genesys' "socket closing" can too).
+"" when the chart cannot count the topics.
+*/}}
+{{- define "genesys-kafka-bridge.channelsPerPod" -}}
+{{- $count := include "genesys-kafka-bridge.topicCount" . -}}
+{{- if $count -}}
+{{- $genesys := (.Values.config | default dict).genesys | default dict -}}
+{{- $redundancy := int ($genesys.redundancy | default 1) -}}
+{{- $shards := div (add (int $count) 999) 1000 -}}
+{{- $slots := mul $shards $redundancy -}}
+{{- $spare := min $slots (max 1 (sub 20 $slots)) -}}
+{{- printf "%d %d %d %d" (add $slots $spare) $slots $shards $redundancy -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Does a rolling update run the old and the new pod side by side? */}}
+{{- define "genesys-kafka-bridge.surges" -}}
+{{- $strategy := .Values.strategy | default dict -}}
+{{- if ne ($strategy.type | default "RollingUpdate") "Recreate" -}}
+{{- $surge := ($strategy.rollingUpdate | default dict).maxSurge -}}
+{{- if kindIs "invalid" $surge }}true{{ else if not (regexMatch "^0+%?$" (toString $surge)) }}true{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Checks that fail the render with the value to change, rather than a pod that
+crash-loops or a setup that loses or duplicates events.
 */}}
 {{- define "genesys-kafka-bridge.validate" -}}
 {{- if not (has .Values.mode (list "standalone" "sidecar")) -}}
@@ -55,51 +159,66 @@ Checks that fail the render with the fix, rather than a pod that crash-loops.
 {{- if not (has .Values.credentials.secretAs (list "env" "file")) -}}
 {{- fail (printf "credentials.secretAs must be \"env\" or \"file\", not %q" .Values.credentials.secretAs) -}}
 {{- end -}}
-{{- $genesys := (.Values.config | default dict).genesys | default dict -}}
+{{- if gt (int .Values.replicaCount) 1 -}}
+{{- fail (printf "replicaCount is %d: it must be 0 or 1. Two bridges with the same topics publish every event twice (dedup is per process); the rolling update already overlaps old and new pod make-before-break" (int .Values.replicaCount)) -}}
+{{- end -}}
+{{- /* Names Kubernetes would refuse or cut. */ -}}
+{{- $fullname := include "genesys-kafka-bridge.untruncatedFullname" . -}}
+{{- $suffixes := list "" -}}
+{{- if or (eq .Values.mode "standalone") .Values.sidecar.podSelector -}}
+{{- $suffixes = append $suffixes "-metrics" -}}
+{{- end -}}
+{{- if .Values.grafanaDashboard.enabled -}}
+{{- $suffixes = append $suffixes "-dashboard" -}}
+{{- end -}}
+{{- $longest := 0 -}}
+{{- range $suffixes }}{{ $longest = max $longest (len .) }}{{ end -}}
+{{- range $suffixes -}}
+{{- $n := printf "%s%s" $fullname . -}}
+{{- if gt (len $n) 63 -}}
+{{- fail (printf "the name %q is %d characters, more than the 63 Kubernetes allows: use a shorter release name, or set fullnameOverride (or nameOverride) so that the full name %q is at most %d characters" $n (len $n) $fullname (sub 63 $longest)) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $fullname) -}}
+{{- fail (printf "the name %q is not a DNS label (lower-case letters, digits and \"-\", starting with a letter): set fullnameOverride, or change nameOverride or the release name" $fullname) -}}
+{{- end -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if gt (len $name) 63 -}}
+{{- fail (printf "nameOverride %q is %d characters, more than the 63 a label value allows" $name (len $name)) -}}
+{{- end -}}
+{{- /* Secrets never go into the ConfigMap. */ -}}
+{{- $cfg := .Values.config | default dict -}}
+{{- $genesys := $cfg.genesys | default dict -}}
 {{- if or $genesys.client_secret $genesys.client_id -}}
 {{- fail "config.genesys.client_id / client_secret: set credentials.clientId and credentials.clientSecret (or credentials.existingSecret) instead; the ConfigMap is not secret" -}}
+{{- end -}}
+{{- $properties := ($cfg.kafka | default dict).properties | default dict -}}
+{{- range $key := keys $properties | sortAlpha -}}
+{{- if regexMatch "(?i)(password|secret|key\\.pem)" $key -}}
+{{- fail (printf "config.kafka.properties.%s looks like a secret, and the ConfigMap is not secret: put it in a Secret and pass it with extraEnv as %s (valueFrom.secretKeyRef), see the chart's README" $key (printf "GENESYS_BRIDGE_KAFKA__PROPERTIES__%s" (upper (regexReplaceAll "[.-]" $key "_")))) -}}
+{{- end -}}
 {{- end -}}
 {{- if and (not .Values.topics) (not $genesys.topics) (not $genesys.topics_file) -}}
 {{- fail "no topics: set `topics` (a list) or config.genesys.topics" -}}
 {{- end -}}
-{{- $grace := toString ((.Values.config | default dict).shutdown_grace | default "20s") -}}
-{{- $secs := -1 -}}
-{{- if regexMatch "^[0-9]+s$" $grace -}}
-{{- $secs = trimSuffix "s" $grace | atoi -}}
-{{- else if regexMatch "^[0-9]+m$" $grace -}}
-{{- $secs = mul (trimSuffix "m" $grace | atoi) 60 -}}
+{{- /* The flush must end before Kubernetes' SIGKILL. */ -}}
+{{- $graceText := $cfg.shutdown_grace | default "20s" -}}
+{{- $grace := include "genesys-kafka-bridge.durationSeconds" (dict "key" "config.shutdown_grace" "value" $graceText) | float64 -}}
+{{- if ge $grace (float64 .Values.terminationGracePeriodSeconds) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be above config.shutdown_grace (%q = %vs), or Kubernetes kills the bridge before it has flushed" .Values.terminationGracePeriodSeconds $graceText $grace) -}}
 {{- end -}}
-{{- if ge $secs (int .Values.terminationGracePeriodSeconds) -}}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be above config.shutdown_grace (%s), or Kubernetes kills the bridge before it has flushed" (int .Values.terminationGracePeriodSeconds) $grace) -}}
+{{- /* Genesys allows 20 channels per OAuth client; the 21st evicts one of ours. */ -}}
+{{- $channels := include "genesys-kafka-bridge.channelsPerPod" . -}}
+{{- if and $channels (eq .Values.mode "standalone") (include "genesys-kafka-bridge.surges" .) (gt (int .Values.replicaCount) 0) -}}
+{{- $c := splitList " " $channels -}}
+{{- $perPod := int (index $c 0) -}}
+{{- if gt (mul 2 $perPod) 20 -}}
+{{- fail (printf "strategy: the rolling update runs the old and the new pod together, each holding up to %d Genesys channels (%s shard(s) of 1,000 topics x config.genesys.redundancy %s = %s, plus as many make-before-break standbys), %d in all: more than the 20 one OAuth client may hold, so Genesys would evict channels and open gaps. Set strategy.type=Recreate and strategy.rollingUpdate=null (a gap at each rollout), lower config.genesys.redundancy, or subscribe fewer topics (shards x redundancy at most 5)" $perPod (index $c 2) (index $c 3) (index $c 1) (mul 2 $perPod)) -}}
 {{- end -}}
 {{- end -}}
-
-{{/*
-bridge.toml. Helm reads every number as a float, and the bridge's integer
-keys refuse "6.0" (so does toToml's output), hence this small writer: whole
-numbers as integers, strings JSON-quoted (a JSON string is a TOML basic
-string), lists as arrays, maps below a section as inline tables.
-*/}}
-{{- define "genesys-kafka-bridge.tomlKey" -}}
-{{- if regexMatch "^[A-Za-z0-9_-]+$" . -}}{{ . }}{{- else -}}{{ toJson . }}{{- end -}}
-{{- end -}}
-
-{{- define "genesys-kafka-bridge.tomlValue" -}}
-{{- $v := . -}}
-{{- if kindIs "string" $v -}}
-{{- toJson $v -}}
-{{- else if kindIs "bool" $v -}}
-{{- $v -}}
-{{- else if or (kindIs "float64" $v) (kindIs "float32" $v) -}}
-{{- if eq (float64 (int64 $v)) (float64 $v) -}}{{ int64 $v }}{{- else -}}{{ $v }}{{- end -}}
-{{- else if or (kindIs "int" $v) (kindIs "int64" $v) (kindIs "uint64" $v) -}}
-{{- $v -}}
-{{- else if kindIs "slice" $v -}}
-[{{ range $i, $e := $v }}{{ if $i }}, {{ end }}{{ include "genesys-kafka-bridge.tomlValue" $e }}{{ end }}]
-{{- else if kindIs "map" $v -}}
-{ {{- range $i, $k := keys $v | sortAlpha }}{{ if $i }},{{ end }} {{ include "genesys-kafka-bridge.tomlKey" $k }} = {{ include "genesys-kafka-bridge.tomlValue" (index $v $k) }}{{ end }} }
-{{- else -}}
-{{- fail (printf "config: cannot write %v (%s) as TOML" $v (kindOf $v)) -}}
+{{- /* Optional resources that need the standalone Deployment. */ -}}
+{{- if and (.Values.podDisruptionBudget | default dict).enabled (ne .Values.mode "standalone") -}}
+{{- fail "podDisruptionBudget.enabled needs mode standalone: in sidecar mode the host workload's own PodDisruptionBudget applies" -}}
 {{- end -}}
 {{- end -}}
 
@@ -120,26 +239,16 @@ string), lists as arrays, maps below a section as inline tables.
 {{- toJson $cfg -}}
 {{- end -}}
 
-{{- define "genesys-kafka-bridge.toml" -}}
-{{- $cfg := include "genesys-kafka-bridge.config" . | fromJson -}}
-# Written by the genesys-kafka-bridge Helm chart from .Values.config.
-{{- range $k := keys $cfg | sortAlpha }}
-{{- $v := index $cfg $k }}
-{{- if not (kindIs "map" $v) }}
-{{ include "genesys-kafka-bridge.tomlKey" $k }} = {{ include "genesys-kafka-bridge.tomlValue" $v }}
-{{- end }}
-{{- end }}
-{{- range $k := keys $cfg | sortAlpha }}
-{{- $section := index $cfg $k }}
-{{- if kindIs "map" $section }}
+{{/*
+The bridge's configuration file. JSON written by Helm's own toPrettyJson:
+whole numbers stay integers ("6", never "6.0"), strings are quoted, keys
+sorted. The bridge reads the format from the file's extension.
+*/}}
+{{- define "genesys-kafka-bridge.configFile" -}}bridge.json{{- end -}}
 
-[{{ include "genesys-kafka-bridge.tomlKey" $k }}]
-{{- range $key := keys $section | sortAlpha }}
-{{ include "genesys-kafka-bridge.tomlKey" $key }} = {{ include "genesys-kafka-bridge.tomlValue" (index $section $key) }}
-{{- end }}
-{{- end }}
-{{- end }}
-{{ end -}}
+{{- define "genesys-kafka-bridge.configJson" -}}
+{{- include "genesys-kafka-bridge.config" . | fromJson | toPrettyJson -}}
+{{- end -}}
 
 {{/*
 The bridge's container: used by the Deployment, and printed by NOTES.txt for
@@ -152,7 +261,7 @@ prefix so that they do not clash with a host pod's.
   imagePullPolicy: {{ .Values.image.pullPolicy }}
   args:
     - --config
-    - {{ include "genesys-kafka-bridge.configDir" . }}/bridge.toml
+    - {{ include "genesys-kafka-bridge.configDir" . }}/{{ include "genesys-kafka-bridge.configFile" . }}
     - run
   env:
     - name: GENESYS_CLIENT_ID
