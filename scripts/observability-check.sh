@@ -7,7 +7,8 @@
 #     dashboard query and the alert rules, and sees a gap we open;
 #   - Helm's own engine (helm-python-sdk) lints and renders the chart in every
 #     helm/genesys-kafka-bridge/ci/*-values.yaml case, and kubernetes-validate
-#     --strict checks every manifest;
+#     --strict checks every manifest; every ci/refused/*-values.yaml case must
+#     fail to render with the message it names;
 #   - hadolint checks the Dockerfile (no Docker engine here: not built).
 # Installs Debian's prometheus package if promtool is missing, and a venv in
 # target/obs-venv. Stops everything it started, even on failure.
@@ -89,6 +90,7 @@ for rules in dashboards/alerts.yaml "$CHART/files/alerts.yaml"; do
 done
 out="$(promtool test rules dashboards/alerts.test.yaml 2>&1)" || fail "promtool test rules: $out"
 ok "promtool test rules dashboards/alerts.test.yaml: $(grep -c '^  - name:' dashboards/alerts.test.yaml) situations, $(grep -c 'alertname:' dashboards/alerts.test.yaml) expectations pass"
+"$PY" scripts/observability-check.py rules
 
 step "dashboard"
 cmp -s dashboards/genesys-kafka-bridge.json "$CHART/files/genesys-kafka-bridge.json" ||
@@ -165,9 +167,12 @@ global:
 rule_files:
   - $ROOT/dashboards/alerts.yaml
 scrape_configs:
+  # The job name GenesysBridgeDown expects; namespace and pod as the
+  # Prometheus Operator would add them (the dashboard's variables).
   - job_name: genesys-kafka-bridge
     static_configs:
       - targets: ["127.0.0.1:$ADMIN_PORT"]
+        labels: {namespace: observability-check, pod: genesys-kafka-bridge-0}
 YAML
 out="$(promtool check config "$WORK/prometheus.yml" 2>&1)" || fail "promtool check config: $out"
 prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
