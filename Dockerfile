@@ -22,6 +22,9 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY emulator ./emulator
 COPY tests ./tests
+# Cargo.toml names the benches' files ([[bench]]): cargo reads the manifest
+# only if they exist, even for a build that does not compile them.
+COPY benches ./benches
 # The cache mounts keep the registry and the build between image builds;
 # the binary is copied out of the cached target directory.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
