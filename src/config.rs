@@ -1,4 +1,4 @@
-//! Configuration: defaults < TOML file < environment, read with figment and
+//! Configuration: defaults < file (TOML, or JSON) < environment, read with figment and
 //! validated once into [`Settings`], the domain types the rest of the bridge
 //! uses. Every mistake is reported as a [`ConfigError`] that names the key and
 //! the fix; the binary exits with code 64 on it before binding anything.
@@ -15,46 +15,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Json, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::backoff::Policy;
 use crate::genesys::region;
-
-/// The most topics Genesys accepts on one channel.
-pub const MAX_TOPICS_PER_CHANNEL: usize = 1000;
-/// The most channels one user + OAuth client may hold; the 21st evicts one.
-pub const MAX_CHANNELS: usize = 20;
-
-/// A secret string: prints as `***` in `Debug`, `Display` and serialized output.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
-    }
-}
+use crate::genesys::{MAX_CHANNELS, MAX_TOPICS_PER_CHANNEL};
+pub use crate::secret::Secret;
 
 /// The file format, one struct per `[section]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -372,7 +340,8 @@ impl ConfigError {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub genesys: GenesysSettings,
-    pub reconnect: ReconnectSection,
+    /// `[reconnect]`, checked: the backoff of every retry.
+    pub reconnect: Policy,
     pub kafka: KafkaSection,
     pub dedup: DedupSection,
     pub pipeline: PipelineSection,
@@ -394,11 +363,20 @@ pub struct GenesysSettings {
     pub max_frame_bytes: usize,
 }
 
-/// Reads defaults < `file` (if given) < environment.
+/// Reads defaults < `file` (if given) < environment. The file is JSON if
+/// its name ends in `.json` (the Helm chart renders it with Helm's own
+/// `toPrettyJson`), else TOML.
 pub fn figment(file: Option<&Path>) -> Figment {
     let mut figment = Figment::from(Serialized::defaults(FileConfig::default()));
     if let Some(file) = file {
-        figment = figment.merge(Toml::file_exact(file));
+        let json = file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        figment = if json {
+            figment.merge(Json::file_exact(file))
+        } else {
+            figment.merge(Toml::file_exact(file))
+        };
     }
     figment
         .merge(
@@ -705,7 +683,11 @@ pub fn validate(raw: FileConfig) -> Result<Settings, ConfigError> {
             redundancy: g.redundancy,
             max_frame_bytes: g.max_frame_bytes,
         },
-        reconnect: r,
+        reconnect: Policy {
+            initial: r.initial_delay,
+            max: r.max_delay,
+            stable_after: r.stable_after,
+        },
         kafka: k,
         dedup: raw.dedup,
         pipeline: raw.pipeline,
@@ -862,6 +844,39 @@ mod tests {
     }
 
     #[test]
+    fn a_json_file_as_the_chart_renders_it() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "bridge.json",
+                r#"{
+                  "genesys": {
+                    "region": "eu-west-1",
+                    "client_id": "abc",
+                    "client_secret": "s3cret-value",
+                    "topics": ["v2.users.7b8e4a6c-2f0d-4b8e-9d1a-0c3e5f7a9b1d.presence"],
+                    "max_frame_bytes": 16777216
+                  },
+                  "kafka": {"brokers": "k:9092", "partitions": 12},
+                  "shutdown_grace": "1m30s"
+                }"#,
+            )?;
+            let s = load(Some(Path::new("bridge.json"))).expect("valid");
+            assert_eq!(s.genesys.api_base_url, "https://api.mypurecloud.ie");
+            assert_eq!(s.genesys.max_frame_bytes, 16_777_216);
+            assert_eq!(s.kafka.partitions, 12);
+            assert_eq!(s.shutdown_grace, Duration::from_secs(90));
+            // A JSON syntax error names the file's place, not its text.
+            jail.create_file(
+                "broken.json",
+                r#"{"genesys": {"client_secret": "s3cret-value",}}"#,
+            )?;
+            let err = load(Some(Path::new("broken.json"))).expect_err("invalid JSON");
+            assert!(!err.to_string().contains("s3cret-value"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn file_and_env_layers() {
         Jail::expect_with(|jail| {
             jail.set_env("GENESYS_BRIDGE_KAFKA__BROKERS", "k1:9092,k2:9092");
@@ -874,7 +889,7 @@ mod tests {
             assert_eq!(s.genesys.redundancy, 2);
             assert_eq!(s.genesys.ping_interval, Duration::from_secs(10));
             assert_eq!(s.genesys.heartbeat_timeout, Duration::from_secs(70));
-            assert_eq!(s.reconnect.initial_delay, Duration::from_millis(250));
+            assert_eq!(s.reconnect.initial, Duration::from_millis(250));
             assert_eq!(s.kafka.brokers, "k1:9092,k2:9092");
             assert_eq!(s.shutdown_grace, Duration::from_secs(20));
             Ok(())

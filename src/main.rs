@@ -185,13 +185,7 @@ async fn topics(settings: config::Settings) -> ExitCode {
     telemetry::init_logging(settings.log_format, "info");
     let g = &settings.genesys;
     let http = genesys_kafka_bridge::genesys::http_client();
-    let auth = genesys_kafka_bridge::genesys::auth::Auth::new(
-        http.clone(),
-        &g.login_base_url,
-        &g.client_id,
-        &g.client_secret,
-        &settings.reconnect,
-    );
+    let auth = genesys_kafka_bridge::connection::token_source(&settings, http.clone());
     let api = genesys_kafka_bridge::genesys::api::Api::new(http, &g.api_base_url, auth);
     match api.available_topics().await {
         Ok(topics) => {

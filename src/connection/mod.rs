@@ -1,19 +1,28 @@
 //! Connection management: keeps a receiving socket for every topic at every
-//! moment it can, and accounts for every moment it could not. `backoff` is the
-//! retry policy, `session` one socket, `supervisor` the shards and their
-//! transitions. Everything received leaves through one bounded channel of
-//! [`Inbound`] items.
+//! moment it can, and accounts for every moment it could not.
+//! - [`machine`]: the decisions (when to open, move, retry; what is a gap),
+//!   a pure state machine: typed inputs in, typed actions out;
+//! - [`supervisor`]: the loop that feeds the machine and executes its
+//!   actions (sessions, gap records, telemetry);
+//! - [`session`]: one socket of one channel, as I/O that reports events.
+//!
+//! Everything received leaves through one bounded channel of [`Inbound`]
+//! items.
 
-pub mod backoff;
+pub mod machine;
 pub mod session;
 pub mod supervisor;
+
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::event::Inbound;
-use crate::genesys::{self, api::Api, auth::Auth};
+use crate::genesys::auth::{Auth, AuthEvent};
+use crate::genesys::{self, api::Api};
+use crate::telemetry::events;
 use session::SessionContext;
 
 /// Runs the connection manager until `cancel`: tokens, channels, sockets.
@@ -21,13 +30,7 @@ use session::SessionContext;
 pub async fn run(settings: &Settings, out: mpsc::Sender<Inbound>, cancel: CancellationToken) {
     let g = &settings.genesys;
     let http = genesys::http_client();
-    let auth = Auth::new(
-        http.clone(),
-        &g.login_base_url,
-        &g.client_id,
-        &g.client_secret,
-        &settings.reconnect,
-    );
+    let auth = token_source(settings, http.clone());
     let refresher = tokio::spawn(auth.clone().run_refresher(cancel.clone()));
     let ctx = SessionContext {
         api: Api::new(http, &g.api_base_url, auth),
@@ -36,13 +39,23 @@ pub async fn run(settings: &Settings, out: mpsc::Sender<Inbound>, cancel: Cancel
         heartbeat_timeout: g.heartbeat_timeout,
         max_frame_bytes: g.max_frame_bytes,
     };
-    supervisor::run(
-        ctx,
-        g.topics.clone(),
-        g.redundancy,
-        settings.reconnect.clone(),
-        cancel,
-    )
-    .await;
+    supervisor::run(ctx, &g.topics, g.redundancy, &settings.reconnect, cancel).await;
     let _ = refresher.await;
+}
+
+/// The OAuth token source of `settings`, reporting to the logs and metrics.
+pub fn token_source(settings: &Settings, http: reqwest::Client) -> Auth {
+    let g = &settings.genesys;
+    Auth::new(
+        http,
+        &g.login_base_url,
+        &g.client_id,
+        &g.client_secret,
+        &settings.reconnect,
+        Arc::new(|event| match event {
+            AuthEvent::Obtained { expires_in_secs } => events::token_obtained(expires_in_secs),
+            AuthEvent::Rejected { error, first } => events::credentials_rejected(error, first),
+            AuthEvent::Failed { error } => events::token_request_failed(error),
+        }),
+    )
 }

@@ -5,7 +5,7 @@
 //! notifications until the socket ends or it is told to stop. It reports what
 //! happens to its slot ([`SessionEvent`]) and never decides policy itself.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use super::machine::{Cause, Ended, Notice, SessionEvent, SessionId, Via};
 use crate::event::{Inbound, Notification, Reason, Spans};
 use crate::genesys::api::{Api, ApiError, Channel};
 use crate::genesys::frame::{self, Frame};
@@ -24,16 +25,6 @@ const PING: &str = r#"{"message":"ping"}"#;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a closing socket may take to deliver what the server already sent.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How a session gets its channel.
-#[derive(Debug, Clone)]
-pub enum Plan {
-    /// Create a channel and subscribe it.
-    New,
-    /// HEAD this channel: reconnect to it if it still exists (its
-    /// subscriptions live on the server), else create a new one.
-    Check(Channel),
-}
 
 /// Settings every session shares.
 #[derive(Clone)]
@@ -45,112 +36,75 @@ pub struct SessionContext {
     pub max_frame_bytes: usize,
 }
 
-/// What one session tells its slot.
-#[derive(Debug)]
-pub enum SessionEvent {
-    /// The socket is open, subscribed and answered a ping: it is receiving.
-    Receiving {
-        channel: Channel,
-        reused: bool,
-        accepted: usize,
-        rejected: Vec<(String, String)>,
-    },
-    /// The server announced this socket will stop (make-before-break time).
-    Planned {
-        reason: Reason,
-        detail: &'static str,
-    },
-    /// The session is over.
-    Ended(Ended),
+/// One session to run: what the machine's `Open` asked for.
+pub struct SessionSpec {
+    pub id: SessionId,
+    pub shard: usize,
+    pub topics: Arc<[String]>,
+    pub via: Via,
+    /// Wait this long first (backoff).
+    pub delay: Duration,
 }
 
-#[derive(Debug)]
-pub struct Ended {
-    /// Why a receiving socket was lost; `None` when the session never got to
-    /// receive (set-up failed).
-    pub reason: Option<Reason>,
-    pub detail: String,
-    /// When the socket stopped receiving (for a stall: the last frame).
-    pub since: SystemTime,
-    /// The channel, if one was obtained (to HEAD it before reconnecting).
-    pub channel: Option<Channel>,
-    pub retry_after: Option<Duration>,
-    /// How long the socket was receiving.
-    pub up_for: Duration,
-}
+/// Where a session reports, tagged with its id.
+pub type Reports = mpsc::UnboundedSender<(SessionId, SessionEvent)>;
 
-/// What a session stopped by its slot leaves behind: if the server did not
-/// show the channel alive when it was closed, the time of the socket's last
-/// frame and why. A socket the slot stops for a planned move may already be
-/// blind: stalled (the heartbeat timeout has not caught it yet), or on a
-/// channel that died with its token while the socket stayed open. A live
-/// server answers the ping sent before the close at once, so no answer, or
-/// "channel not found", means nothing was received since that last frame.
-#[derive(Debug, Default)]
-pub struct Farewell(OnceLock<(SystemTime, Reason)>);
-
-impl Farewell {
-    fn blind(&self, last_frame: SystemTime, reason: Reason) {
-        let _ = self.0.set((last_frame, reason));
-    }
-
-    /// The last frame of a socket found blind at its close, and why.
-    pub fn blind_since(&self) -> Option<(SystemTime, Reason)> {
-        self.0.get().copied()
-    }
-}
-
-/// Runs one session to its end; every outcome is reported on `events`, and
-/// a socket found blind at a stop in `farewell`.
-#[allow(clippy::too_many_arguments)]
+/// Runs one session to its end. Everything it sees is reported on
+/// `reports`, and its last report is always `Ended` (it ended on its own)
+/// or `Closed` (it was stopped through `cancel`).
 pub async fn run(
     ctx: SessionContext,
-    shard: usize,
-    topics: Arc<[String]>,
-    plan: Plan,
-    delay: Duration,
+    spec: SessionSpec,
     cancel: CancellationToken,
-    events: mpsc::UnboundedSender<SessionEvent>,
-    farewell: Arc<Farewell>,
+    reports: Reports,
 ) {
+    let id = spec.id;
+    let last = run_to_end(&ctx, spec, &cancel, &reports).await;
+    let _ = reports.send((id, last));
+}
+
+async fn run_to_end(
+    ctx: &SessionContext,
+    spec: SessionSpec,
+    cancel: &CancellationToken,
+    reports: &Reports,
+) -> SessionEvent {
+    let stopped = SessionEvent::Closed { blind_since: None };
     tokio::select! {
-        () = cancel.cancelled() => return,
-        () = tokio::time::sleep(delay) => {}
+        () = cancel.cancelled() => return stopped,
+        () = tokio::time::sleep(spec.delay) => {}
     }
-    let ended = match tokio::select! {
-        () = cancel.cancelled() => return,
-        result = obtain(&ctx.api, plan) => result,
-    } {
+    let obtained = tokio::select! {
+        () = cancel.cancelled() => return stopped,
+        result = obtain(&ctx.api, spec.via) => result,
+    };
+    match obtained {
         Ok((channel, reused)) => {
             Session {
-                ctx: &ctx,
-                shard,
-                topics: &topics,
+                ctx,
+                id: spec.id,
+                shard: spec.shard,
+                topics: &spec.topics,
                 channel,
                 reused,
-                events: &events,
-                farewell: &farewell,
+                reports,
             }
-            .connect_and_run(&cancel)
+            .connect_and_run(cancel)
             .await
         }
-        Err((error, channel)) => Some(Ended {
-            reason: None,
+        Err((error, channel)) => SessionEvent::Ended(Ended {
+            cause: Cause::Setup(error.to_string()),
             retry_after: error.retry_after(),
-            detail: error.to_string(),
-            since: SystemTime::now(),
+            last_frame: SystemTime::now(),
             channel,
             up_for: Duration::ZERO,
         }),
-    };
-    if let Some(ended) = ended {
-        let _ = events.send(SessionEvent::Ended(ended));
     }
 }
 
 /// The channel to connect to, and whether it is an existing one.
-async fn obtain(api: &Api, plan: Plan) -> Result<(Channel, bool), (ApiError, Option<Channel>)> {
-    if let Plan::Check(channel) = plan {
+async fn obtain(api: &Api, via: Via) -> Result<(Channel, bool), (ApiError, Option<Channel>)> {
+    if let Via::Check(channel) = via {
         match api.channel_exists(&channel.id).await {
             Ok(true) => return Ok((channel, true)),
             Ok(false) => {}
@@ -165,12 +119,12 @@ async fn obtain(api: &Api, plan: Plan) -> Result<(Channel, bool), (ApiError, Opt
 
 struct Session<'a> {
     ctx: &'a SessionContext,
+    id: SessionId,
     shard: usize,
     topics: &'a Arc<[String]>,
     channel: Channel,
     reused: bool,
-    events: &'a mpsc::UnboundedSender<SessionEvent>,
-    farewell: &'a Farewell,
+    reports: &'a Reports,
 }
 
 /// How much a socket reads at once. tungstenite's default (128 KiB) zeroes
@@ -180,7 +134,7 @@ struct Session<'a> {
 const READ_BUFFER: usize = 16 * 1024;
 
 impl Session<'_> {
-    async fn connect_and_run(self, cancel: &CancellationToken) -> Option<Ended> {
+    async fn connect_and_run(self, cancel: &CancellationToken) -> SessionEvent {
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(self.ctx.max_frame_bytes))
@@ -191,7 +145,7 @@ impl Session<'_> {
             false,
         );
         let result = tokio::select! {
-            () = cancel.cancelled() => return None,
+            () = cancel.cancelled() => return SessionEvent::Closed { blind_since: None },
             result = tokio::time::timeout(CONNECT_TIMEOUT, connect) => result,
         };
         let socket = match result {
@@ -204,26 +158,29 @@ impl Session<'_> {
                 };
                 let mut ended = self.failed(describe(&e));
                 ended.retry_after = retry_after;
-                return Some(ended);
+                return SessionEvent::Ended(ended);
             }
-            Err(_) => return Some(self.failed("connect timed out".into())),
+            Err(_) => return SessionEvent::Ended(self.failed("connect timed out".into())),
         };
         self.run(socket, cancel).await
     }
 
     fn failed(self, detail: String) -> Ended {
         Ended {
-            reason: None,
-            detail,
-            since: SystemTime::now(),
+            cause: Cause::Setup(detail),
+            last_frame: SystemTime::now(),
             retry_after: None,
             channel: Some(self.channel),
             up_for: Duration::ZERO,
         }
     }
 
+    fn report(&self, event: SessionEvent) {
+        let _ = self.reports.send((self.id, event));
+    }
+
     /// The socket loop, generic over the socket so it is testable without TCP.
-    async fn run<S>(self, mut socket: S, cancel: &CancellationToken) -> Option<Ended>
+    async fn run<S>(self, mut socket: S, cancel: &CancellationToken) -> SessionEvent
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
@@ -261,13 +218,11 @@ impl Session<'_> {
             let watchdog = last_frame + self.ctx.heartbeat_timeout;
             tokio::select! {
                 () = cancel.cancelled() => {
-                    if let Some((since, reason)) = self.close_and_drain(&mut socket, last_frame_wall).await {
-                        if receiving_since.is_some() {
-                            self.farewell.blind(since, reason);
-                        }
-                    }
+                    let blind = self.close_and_drain(&mut socket, last_frame_wall).await;
                     events::socket_closed(self.shard, &tag, receiving_since.is_some());
-                    return None;
+                    return SessionEvent::Closed {
+                        blind_since: blind.filter(|_| receiving_since.is_some()),
+                    };
                 }
                 result = async { subscribe.as_mut().expect("guarded by the select condition").await },
                         if subscribe.is_some() => {
@@ -284,11 +239,10 @@ impl Session<'_> {
                         }
                         Err(e) => {
                             let _ = socket.close().await;
-                            return Some(Ended {
-                                reason: None,
+                            return SessionEvent::Ended(Ended {
+                                cause: Cause::Setup(format!("subscribe: {e}")),
                                 retry_after: e.retry_after(),
-                                detail: format!("subscribe: {e}"),
-                                since: SystemTime::now(),
+                                last_frame: SystemTime::now(),
                                 channel: Some(self.channel),
                                 up_for: Duration::ZERO,
                             });
@@ -328,7 +282,8 @@ impl Session<'_> {
                             let notification = Notification::new(text, spans, self.channel.id.tag().clone(), last_frame_wall);
                             if !self.forward(notification).await {
                                 // The pipeline is gone: the process is shutting down.
-                                return None;
+                                events::socket_closed(self.shard, &tag, receiving_since.is_some());
+                                return SessionEvent::Closed { blind_since: None };
                             }
                             // Waiting on a full pipeline is not silence on the socket.
                             last_frame = Instant::now();
@@ -338,9 +293,8 @@ impl Session<'_> {
                                 if let Some((accepted, rejected)) = subscribed.take() {
                                     receiving_since = Some((Instant::now(), SystemTime::now()));
                                     events::socket_receiving(self.shard, &tag, self.reused);
-                                    let _ = self.events.send(SessionEvent::Receiving {
+                                    self.report(SessionEvent::Receiving {
                                         channel: self.channel.clone(),
-                                        reused: self.reused,
                                         accepted,
                                         rejected,
                                     });
@@ -348,18 +302,17 @@ impl Session<'_> {
                             }
                         }
                         Frame::SocketClosing => {
-                            let _ = self.events.send(SessionEvent::Planned { reason: Reason::SocketClosing, detail: "socket_closing" });
+                            self.report(SessionEvent::Notice(Notice::SocketClosing));
                         }
                         Frame::NoLongerSubscribed { reason } => {
-                            let detail = if reason == Some("another_channel_subscribed") {
-                                "another_channel_subscribed"
+                            self.report(SessionEvent::Notice(if reason == Some("another_channel_subscribed") {
+                                Notice::AnotherChannelSubscribed
                             } else {
-                                "no_longer_subscribed"
-                            };
-                            let _ = self.events.send(SessionEvent::Planned { reason: Reason::ChannelGone, detail });
+                                Notice::NoLongerSubscribed
+                            }));
                         }
                         Frame::TokenRevoked => {
-                            let _ = self.events.send(SessionEvent::Planned { reason: Reason::TokenRefresh, detail: "token_revoked" });
+                            self.report(SessionEvent::Notice(Notice::TokenRevoked));
                         }
                         // It died at some point since the frame before this answer.
                         Frame::ChannelGone => break (Some(Reason::ChannelGone), "channel not found (404)".into(), previous_frame_wall),
@@ -380,13 +333,15 @@ impl Session<'_> {
         let (reason, detail, since) = outcome;
         events::socket_closed(self.shard, &tag, receiving_since.is_some());
         // A socket that never confirmed receiving is a failed set-up, not a lost socket.
-        let reason = receiving_since.and(reason);
+        let cause = match receiving_since.and(reason) {
+            Some(reason) => Cause::Lost { reason, detail },
+            None => Cause::Setup(detail),
+        };
         // A dead socket is dropped, not closed politely: that could hang.
         drop(socket);
-        Some(Ended {
-            reason,
-            detail,
-            since,
+        SessionEvent::Ended(Ended {
+            cause,
+            last_frame: since,
             channel: Some(self.channel),
             retry_after: None,
             up_for: receiving_since.map_or(Duration::ZERO, |(at, _)| at.elapsed()),
@@ -537,9 +492,10 @@ mod tests {
     use std::task::{Context, Poll};
 
     use super::*;
-    use crate::config::{ReconnectSection, Secret};
+    use crate::backoff::Policy;
     use crate::genesys::api::ChannelId;
     use crate::genesys::auth::Auth;
+    use crate::secret::Secret;
 
     /// A socket whose incoming frames the test sends and whose outgoing
     /// frames the test reads.
@@ -575,11 +531,32 @@ mod tests {
     struct Rig {
         to_socket: mpsc::UnboundedSender<Result<Message, WsError>>,
         from_socket: mpsc::UnboundedReceiver<(Instant, Message)>,
-        events: mpsc::UnboundedReceiver<SessionEvent>,
+        events: mpsc::UnboundedReceiver<(SessionId, SessionEvent)>,
         out: mpsc::Receiver<Inbound>,
-        ended: tokio::task::JoinHandle<Option<Ended>>,
+        ended: tokio::task::JoinHandle<SessionEvent>,
         cancel: CancellationToken,
-        farewell: Arc<Farewell>,
+    }
+
+    impl Rig {
+        async fn event(&mut self) -> Option<SessionEvent> {
+            self.events.recv().await.map(|(_, e)| e)
+        }
+
+        /// How the session ended on its own.
+        async fn ended(self) -> Ended {
+            match self.ended.await.expect("session task") {
+                SessionEvent::Ended(ended) => ended,
+                other => panic!("not an end: {other:?}"),
+            }
+        }
+
+        /// What a stopped session reported.
+        async fn closed(self) -> Option<(SystemTime, Reason)> {
+            match self.ended.await.expect("session task") {
+                SessionEvent::Closed { blind_since } => blind_since,
+                other => panic!("not a close: {other:?}"),
+            }
+        }
     }
 
     const PONG: &str = r#"{"topicName":"channel.metadata","eventBody":{"message":"pong"}}"#;
@@ -589,14 +566,19 @@ mod tests {
     /// A session on a reused channel (no REST call), pinging every 20 s with
     /// a 70 s watchdog, as the defaults say.
     fn rig() -> Rig {
-        let reconnect = ReconnectSection::default();
+        let retry = Policy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            stable_after: Duration::from_secs(30),
+        };
         let http = reqwest::Client::new();
         let auth = Auth::new(
             http.clone(),
             "http://127.0.0.1:9",
             "id",
             &Secret::new("s"),
-            &reconnect,
+            &retry,
+            Arc::new(|_| {}),
         );
         let (out_tx, out) = mpsc::channel(16);
         let ctx = SessionContext {
@@ -618,20 +600,18 @@ mod tests {
         let (outgoing, from_socket) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
-        let farewell = Arc::new(Farewell::default());
         let ended = tokio::spawn({
             let cancel = cancel.clone();
-            let farewell = farewell.clone();
             async move {
                 let topics: Arc<[String]> = Arc::from(vec!["v2.users.u.presence".to_owned()]);
                 let session = Session {
                     ctx: &ctx,
+                    id: 7,
                     shard: 0,
                     topics: &topics,
                     channel,
                     reused: true,
-                    events: &events_tx,
-                    farewell: &farewell,
+                    reports: &events_tx,
                 };
                 session
                     .run(FakeSocket { incoming, outgoing }, &cancel)
@@ -645,7 +625,6 @@ mod tests {
             out,
             ended,
             cancel,
-            farewell,
         }
     }
 
@@ -662,16 +641,23 @@ mod tests {
         rig.to_socket.send(text(PONG)).expect("socket open");
         assert!(matches!(
             rig.events.recv().await,
-            Some(SessionEvent::Receiving { reused: true, .. })
+            Some((7, SessionEvent::Receiving { .. }))
         ));
         let last_frame = Instant::now();
         // Silence from now on: pings go out every 20 s, and at 70 s the
         // watchdog declares the socket dead, even though "TCP" is open.
-        let ended = rig.ended.await.expect("session task").expect("an end");
-        assert_eq!(ended.reason, Some(Reason::HeartbeatTimeout));
+        let mut from_socket = std::mem::replace(&mut rig.from_socket, mpsc::unbounded_channel().1);
+        let ended = rig.ended().await;
+        assert!(matches!(
+            ended.cause,
+            Cause::Lost {
+                reason: Reason::HeartbeatTimeout,
+                ..
+            }
+        ));
         assert_eq!(Instant::now() - last_frame, Duration::from_secs(70));
         let mut pings = Vec::new();
-        while let Ok((at, message)) = rig.from_socket.try_recv() {
+        while let Ok((at, message)) = from_socket.try_recv() {
             assert_eq!(message, Message::text(PING));
             pings.push((at - start).as_secs());
         }
@@ -693,8 +679,8 @@ mod tests {
         );
         rig.cancel.cancel();
         assert!(
-            rig.ended.await.expect("task").is_none(),
-            "a cancelled session reports nothing"
+            matches!(rig.ended.await.expect("task"), SessionEvent::Closed { .. }),
+            "a stopped session reports its close"
         );
     }
 
@@ -721,23 +707,29 @@ mod tests {
         assert_eq!(&n.raw()[..], event.as_bytes(), "byte for byte");
         assert_eq!(n.channel, *ChannelId::new("streaming-0-test").tag());
         assert!(!n.channel.contains("streaming"), "a tag, not the id");
-        let mut planned = None;
-        while let Some(e) = rig.events.recv().await {
-            if let SessionEvent::Planned { reason, .. } = e {
-                planned = Some(reason);
+        let mut notice = None;
+        while let Some(e) = rig.event().await {
+            if let SessionEvent::Notice(n) = e {
+                notice = Some(n);
                 break;
             }
         }
-        assert_eq!(planned, Some(Reason::SocketClosing));
+        assert_eq!(notice, Some(Notice::SocketClosing));
         assert!(crate::telemetry::metrics().frames_invalid.get() >= invalid_before + 2);
         let before_404 = SystemTime::now();
         rig.to_socket
             .send(text(r#"{"result":"404","message":"Channel not found"}"#))
             .expect("open");
-        let ended = rig.ended.await.expect("task").expect("an end");
-        assert_eq!(ended.reason, Some(Reason::ChannelGone));
+        let ended = rig.ended().await;
+        assert!(matches!(
+            ended.cause,
+            Cause::Lost {
+                reason: Reason::ChannelGone,
+                ..
+            }
+        ));
         assert!(
-            ended.since < before_404,
+            ended.last_frame < before_404,
             "blind since the frame before the 404"
         );
     }
@@ -750,14 +742,14 @@ mod tests {
         Silence,
     }
 
-    /// A session stopped for a planned move; returns what it left in its
-    /// farewell, given the server's `answer` to its ping.
+    /// A session stopped for a planned move; returns what its close
+    /// reported, given the server's `answer` to its ping.
     async fn stopped_with_the_answer(answer: Answer) -> Option<(SystemTime, Reason)> {
         let mut rig = rig();
         rig.from_socket.recv().await.expect("confirm ping");
         rig.to_socket.send(text(PONG)).expect("open");
         assert!(matches!(
-            rig.events.recv().await,
+            rig.event().await,
             Some(SessionEvent::Receiving { .. })
         ));
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -779,8 +771,7 @@ mod tests {
             // After silence the drain's time is already up: no one reads this.
             let _ = rig.to_socket.send(Ok(Message::Close(None)));
         }
-        assert!(rig.ended.await.expect("task").is_none());
-        let blind = rig.farewell.blind_since();
+        let blind = rig.closed().await;
         if let Some((since, _)) = blind {
             assert!(since >= before_last_frame, "blind from the last frame on");
             assert!(

@@ -17,9 +17,28 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::retry_after;
-use crate::config::{ReconnectSection, Secret};
-use crate::connection::backoff::Backoff;
-use crate::telemetry::events;
+use crate::backoff::{Backoff, Policy};
+use crate::secret::Secret;
+
+/// What the token source tells whoever watches it (logs, metrics): the
+/// API layer reports, and knows nothing of how it is reported.
+#[derive(Debug)]
+pub enum AuthEvent<'a> {
+    Obtained {
+        expires_in_secs: u64,
+    },
+    /// `first`: the first rejection in a row (say it once, not every minute).
+    Rejected {
+        error: &'a AuthError,
+        first: bool,
+    },
+    Failed {
+        error: &'a AuthError,
+    },
+}
+
+/// Receives [`AuthEvent`]s.
+pub type Observer = Arc<dyn Fn(AuthEvent<'_>) + Send + Sync>;
 
 /// An access token. `Debug` never shows it.
 pub struct Token {
@@ -106,6 +125,7 @@ struct Inner {
     basic: Secret,
     state: Mutex<State>,
     updates: watch::Sender<Option<Arc<Token>>>,
+    observer: Observer,
 }
 
 /// The token source shared by every REST call; cheap to clone.
@@ -120,7 +140,8 @@ impl Auth {
         login_base_url: &str,
         client_id: &str,
         client_secret: &Secret,
-        reconnect: &ReconnectSection,
+        retry: &Policy,
+        observer: Observer,
     ) -> Self {
         let basic = base64::engine::general_purpose::STANDARD
             .encode(format!("{client_id}:{}", client_secret.expose()));
@@ -134,11 +155,12 @@ impl Auth {
                     current: None,
                     not_before: None,
                     last_error: None,
-                    backoff: Backoff::new(reconnect),
+                    backoff: Backoff::new(retry),
                     generation: 0,
                     rejected_said: false,
                 }),
                 updates,
+                observer,
             }),
         }
     }
@@ -202,19 +224,24 @@ impl Auth {
                 state.last_error = None;
                 state.backoff.reset();
                 state.rejected_said = false;
-                events::token_obtained(reply.expires_in);
+                (self.inner.observer)(AuthEvent::Obtained {
+                    expires_in_secs: reply.expires_in,
+                });
                 self.inner.updates.send_replace(Some(token.clone()));
                 Ok(token)
             }
             Err(error) => {
                 let delay = match &error {
                     AuthError::Rejected { .. } => {
-                        events::credentials_rejected(&error, !state.rejected_said);
+                        (self.inner.observer)(AuthEvent::Rejected {
+                            error: &error,
+                            first: !state.rejected_said,
+                        });
                         state.rejected_said = true;
                         state.backoff.next_delay(None).max(state.backoff.cap())
                     }
                     other => {
-                        events::token_request_failed(other);
+                        (self.inner.observer)(AuthEvent::Failed { error: other });
                         state.backoff.next_delay(other.retry_after())
                     }
                 };

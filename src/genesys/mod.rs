@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
+/// The most topics Genesys accepts on one channel.
+pub const MAX_TOPICS_PER_CHANNEL: usize = 1000;
+/// The most channels one user + OAuth client may hold; the 21st evicts one.
+pub const MAX_CHANNELS: usize = 20;
+
 /// The `Retry-After` of a reply, in seconds (the form Genesys sends).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers

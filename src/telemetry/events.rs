@@ -8,8 +8,6 @@ use tracing::{debug, error, info, warn};
 
 use super::{metrics, DropReason};
 use crate::event::{Gap, Reason};
-use crate::genesys::api::ApiError;
-use crate::genesys::auth::AuthError;
 
 pub fn token_obtained(expires_in_secs: u64) {
     metrics().token_refreshes.with_label_values(&["ok"]).inc();
@@ -18,7 +16,7 @@ pub fn token_obtained(expires_in_secs: u64) {
 
 /// `say` is true for the first rejection in a row: the operator needs to be
 /// told once, not every minute.
-pub fn credentials_rejected(error: &AuthError, say: bool) {
+pub fn credentials_rejected(error: &dyn std::fmt::Display, say: bool) {
     metrics()
         .token_refreshes
         .with_label_values(&["rejected"])
@@ -34,7 +32,7 @@ pub fn credentials_rejected(error: &AuthError, say: bool) {
     }
 }
 
-pub fn token_request_failed(error: &AuthError) {
+pub fn token_request_failed(error: &dyn std::fmt::Display) {
     metrics()
         .token_refreshes
         .with_label_values(&["error"])
@@ -64,10 +62,6 @@ pub fn reconnect(shard: usize, channel: &str, reason: Reason, detail: &str) {
     } else {
         warn!(shard, channel, reason = %reason, detail, "Socket lost; reconnecting.");
     }
-}
-
-pub fn establish_failed(shard: usize, error: &ApiError, retry_in: Duration) {
-    warn!(shard, error = %error, retry_in_ms = retry_in.as_millis() as u64, "Could not set up a channel; retrying.");
 }
 
 pub fn connect_failed(shard: usize, channel: &str, error: &str, retry_in: Duration) {

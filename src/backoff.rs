@@ -7,7 +7,17 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::config::ReconnectSection;
+/// The numbers of a backoff, checked (the configuration makes them from
+/// `[reconnect]`: every delay positive, `max` not below `initial`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The first retry waits up to this long.
+    pub initial: Duration,
+    /// No retry waits longer (besides a server's Retry-After).
+    pub max: Duration,
+    /// A connection up this long resets the attempt count.
+    pub stable_after: Duration,
+}
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -20,11 +30,11 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub fn new(config: &ReconnectSection) -> Self {
+    pub fn new(policy: &Policy) -> Self {
         Self {
-            initial: config.initial_delay,
-            max: config.max_delay,
-            stable_after: config.stable_after,
+            initial: policy.initial,
+            max: policy.max,
+            stable_after: policy.stable_after,
             attempt: 0,
             jitter: None,
         }
@@ -83,10 +93,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn config(initial_ms: u64, max_ms: u64) -> ReconnectSection {
-        ReconnectSection {
-            initial_delay: Duration::from_millis(initial_ms),
-            max_delay: Duration::from_millis(max_ms),
+    fn config(initial_ms: u64, max_ms: u64) -> Policy {
+        Policy {
+            initial: Duration::from_millis(initial_ms),
+            max: Duration::from_millis(max_ms),
             stable_after: Duration::from_secs(30),
         }
     }
