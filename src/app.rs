@@ -5,18 +5,16 @@
 //! received is drained and flushed, within `shutdown_grace`.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::{Settings, SinkKind};
+use crate::config::Settings;
 use crate::connection;
 use crate::pipeline::{self, dedup::Dedup, route};
-use crate::sink::{kafka, stdout};
-use crate::telemetry::metrics;
+use crate::sink;
 
 /// The Kafka topics the configured Genesys topics map to, plus the gap topic.
 pub fn kafka_topics(settings: &Settings) -> Vec<String> {
@@ -42,52 +40,29 @@ pub async fn run(
     admin: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Every task the bridge starts, so that none outlives `run`.
+    let tasks = TaskTracker::new();
     let admin_cancel = CancellationToken::new();
-    let admin_task =
-        admin.map(|listener| tokio::spawn(crate::admin::serve(listener, admin_cancel.clone())));
+    if let Some(listener) = admin {
+        tasks.spawn(crate::admin::serve(listener, admin_cancel.clone()));
+    }
 
     let capacity = settings.pipeline.channel_capacity;
     let (inbound_tx, inbound_rx) = mpsc::channel(capacity);
     let (records_tx, records_rx) = mpsc::channel(capacity);
     let sink_deadline = CancellationToken::new();
-    let background = CancellationToken::new();
 
-    let sink = match settings.pipeline.sink {
-        SinkKind::Kafka => {
-            let producer =
-                kafka::producer(&settings.kafka).context("creating the Kafka producer")?;
-            let new_topics = if settings.kafka.create_topics {
-                let topics = kafka_topics(&settings);
-                kafka::create_topics(&settings.kafka, &topics)
-                    .await
-                    .context("creating Kafka topics")?;
-                Some(kafka::NewTopics::new(&settings.kafka, &topics))
-            } else {
-                None
-            };
-            tokio::spawn(kafka::watch_reachability(
-                producer.clone(),
-                background.clone(),
-            ));
-            tokio::spawn(kafka::run(
-                producer,
-                records_rx,
-                settings.kafka.buffer,
-                settings.kafka.overflow,
-                new_topics,
-                sink_deadline.clone(),
-            ))
-        }
-        SinkKind::Stdout => {
-            metrics()
-                .health
-                .kafka_not_needed
-                .store(true, Ordering::Relaxed);
-            tokio::spawn(stdout::run(records_rx))
+    let sink = match sink::open(&settings, &kafka_topics(&settings)).await {
+        Ok(sink) => tasks.spawn(sink.run(records_rx, sink_deadline.clone())),
+        Err(e) => {
+            admin_cancel.cancel();
+            tasks.close();
+            tasks.wait().await;
+            return Err(e);
         }
     };
 
-    let pipeline = tokio::spawn(pipeline::run(
+    let pipeline = tasks.spawn(pipeline::run(
         inbound_rx,
         records_tx,
         Dedup::new(settings.dedup.window, settings.dedup.capacity),
@@ -97,7 +72,7 @@ pub async fn run(
         ),
     ));
 
-    let supervisor = tokio::spawn({
+    let supervisor = tasks.spawn({
         let settings = settings.clone();
         let shutdown = shutdown.clone();
         async move { connection::run(&settings, inbound_tx, shutdown).await }
@@ -165,10 +140,8 @@ pub async fn run(
     if let Some(stage) = failed {
         result = Err(anyhow::anyhow!("the {stage} stopped on its own"));
     }
-    background.cancel();
     admin_cancel.cancel();
-    if let Some(task) = admin_task {
-        let _ = task.await;
-    }
+    tasks.close();
+    tasks.wait().await;
     result
 }

@@ -366,6 +366,58 @@ fn permanent(error: &KafkaError) -> bool {
     )
 }
 
+/// Kafka, set up: the producer, and the topics it creates on first use.
+pub struct KafkaSink {
+    producer: KafkaProducer,
+    buffer: usize,
+    overflow: OverflowPolicy,
+    new_topics: Option<NewTopics>,
+}
+
+impl KafkaSink {
+    /// Creates the producer and, with `create_topics`, the `topics`.
+    pub async fn open(kafka: &KafkaSection, topics: &[String]) -> Result<Self, KafkaSinkError> {
+        let producer = producer(kafka)?;
+        let new_topics = if kafka.create_topics {
+            create_topics(kafka, topics).await?;
+            Some(NewTopics::new(kafka, topics))
+        } else {
+            None
+        };
+        Ok(Self {
+            producer,
+            buffer: kafka.buffer,
+            overflow: kafka.overflow,
+            new_topics,
+        })
+    }
+}
+
+impl super::Sink for KafkaSink {
+    fn run(
+        self: Box<Self>,
+        input: mpsc::Receiver<Record>,
+        deadline: CancellationToken,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            // Reachability is watched for as long as the sink runs.
+            let watching = CancellationToken::new();
+            let watch = tokio::spawn(watch_reachability(self.producer.clone(), watching.clone()));
+            run(
+                self.producer,
+                input,
+                self.buffer,
+                self.overflow,
+                self.new_topics,
+                deadline,
+            )
+            .await;
+            watching.cancel();
+            let _ = watch.await;
+        })
+    }
+}
+
 /// Produces every record until the input closes and every delivery is
 /// reported, or until `deadline` fires (then flushes what it can and says
 /// how many were left).

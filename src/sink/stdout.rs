@@ -10,6 +10,19 @@ use tokio::sync::mpsc;
 use super::Record;
 use crate::telemetry::events;
 
+/// NDJSON on stdout.
+pub struct StdoutSink;
+
+impl super::Sink for StdoutSink {
+    fn run(
+        self: Box<Self>,
+        input: mpsc::Receiver<Record>,
+        _deadline: tokio_util::sync::CancellationToken,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(run(input))
+    }
+}
+
 pub async fn run(mut input: mpsc::Receiver<Record>) {
     let mut batch = Vec::with_capacity(256);
     while input.recv_many(&mut batch, 256).await > 0 {
