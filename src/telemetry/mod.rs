@@ -37,10 +37,11 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     // tungstenite traces the whole handshake request, whose path is the
-    // channel's connectUri: a credential. Nothing at any level may show it.
+    // channel's connectUri (a credential), and every frame and message,
+    // whose payloads name the channel (`socket_closing` carries its id, a
+    // capability). Nothing at any level may show them.
     let never_secrets = filter_fn(|meta| {
-        !(meta.target().starts_with("tungstenite::handshake")
-            && *meta.level() == tracing::Level::TRACE)
+        !(meta.target().starts_with("tungstenite::") && *meta.level() == tracing::Level::TRACE)
     });
     let registry = tracing_subscriber::registry()
         .with(filter)

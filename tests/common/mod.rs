@@ -534,9 +534,9 @@ pub fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
 /// Fails if `logs` hold any of `secrets`, an authorization header, an
 /// access token (or anything token-shaped), or a socket's connectUri on the
 /// emulator at `emulator_port`. Hex dumps (`0x…`) are decoded and read too.
-pub fn assert_no_secrets(logs: &str, secrets: &[&str], emulator_port: u16) {
-    let decoded: String = logs
-        .split(|c: char| !c.is_ascii_alphanumeric())
+/// The hex dumps (`0x…`) in `text`, decoded, one per line.
+fn hex_dumps(text: &str) -> String {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
         .filter_map(|w| w.strip_prefix("0x"))
         .filter_map(|hex| {
             (0..hex.len() / 2 * 2)
@@ -545,7 +545,11 @@ pub fn assert_no_secrets(logs: &str, secrets: &[&str], emulator_port: u16) {
                 .collect::<Option<Vec<u8>>>()
         })
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned() + "\n")
-        .collect();
+        .collect()
+}
+
+pub fn assert_no_secrets(logs: &str, secrets: &[&str], emulator_port: u16) {
+    let decoded = hex_dumps(logs);
     println!("decoded {} bytes of hex dumps", decoded.len());
     for text in [logs, &decoded] {
         for needle in secrets
@@ -623,8 +627,11 @@ fn looks_random(run: &str) -> bool {
     })
 }
 
-/// Fails if `text` holds any of the channel ids, or the random part of one.
+/// Fails if `text` (or a hex dump in it) holds any of the channel ids, or
+/// the random part of one.
 pub fn assert_no_channel_id(text: &str, ids: &[String], what: &str) {
+    let decoded = hex_dumps(text);
+    let text = &format!("{text}\n{decoded}");
     for id in ids {
         let random = id.rsplit('-').next().unwrap_or(id);
         assert!(
