@@ -2,8 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
 # formatting, lints, unit and integration tests against a real local Kafka
 # broker and the in-repo Genesys emulator, and the fidelity check of the
-# emulator against Genesys' own Python SDK. Stops everything it started,
-# even on failure.
+# emulator against Genesys' own Python SDK, the observability check and the
+# container image built and run. Stops everything it started, even on failure.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -48,4 +48,7 @@ step "emulator fidelity against Genesys' Python SDK"
 scripts/sdk-fidelity.sh
 step "observability: promtool, a real Prometheus, the dashboard's queries, the Helm chart, hadolint"
 scripts/observability-check.sh
+step "the container image: buildah builds the Dockerfile, the image runs the demo and the chart's config"
+# Base images and cargo caches are kept between runs (see scripts/image-check.sh).
+scripts/image-check.sh
 step "all checks passed"
