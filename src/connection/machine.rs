@@ -90,11 +90,7 @@ impl Notice {
 #[derive(Debug)]
 pub enum SessionEvent {
     /// Subscribed, and the socket answered a ping: receiving.
-    Receiving {
-        channel: Channel,
-        accepted: usize,
-        rejected: Vec<(String, String)>,
-    },
+    Receiving(Subscription),
     /// The server announced the socket's end.
     Notice(Notice),
     /// The session ended on its own.
@@ -105,6 +101,16 @@ pub enum SessionEvent {
     Closed {
         blind_since: Option<(SystemTime, Reason)>,
     },
+}
+
+/// A channel's subscription, as Genesys answered it.
+#[derive(Debug)]
+pub struct Subscription {
+    pub channel: Channel,
+    /// Topics accepted.
+    pub accepted: usize,
+    /// Topics refused, with Genesys' reason.
+    pub rejected: Vec<(String, String)>,
 }
 
 /// Why a session ended.
@@ -504,7 +510,7 @@ impl Machine {
                     Cause::Lost { reason, .. } => Some((ended.last_frame, reason)),
                     Cause::Setup(_) => None,
                 },
-                SessionEvent::Receiving { .. } | SessionEvent::Notice(_) => return,
+                SessionEvent::Receiving(_) | SessionEvent::Notice(_) => return,
             };
             self.sessions.remove(&id);
             let since = blind_since.map(|(since, reason)| {
@@ -527,11 +533,7 @@ impl Machine {
             return;
         }
         match event {
-            SessionEvent::Receiving {
-                channel,
-                accepted,
-                rejected,
-            } => self.on_receiving(id, channel, accepted, rejected, now, out),
+            SessionEvent::Receiving(subscription) => self.on_receiving(id, subscription, now, out),
             SessionEvent::Notice(notice) => self.on_notice(id, notice, now, out),
             SessionEvent::Ended(ended) => {
                 let covering = self
@@ -548,20 +550,13 @@ impl Machine {
         }
     }
 
-    fn on_receiving(
-        &mut self,
-        id: SessionId,
-        channel: Channel,
-        accepted: usize,
-        rejected: Vec<(String, String)>,
-        now: Now,
-        out: &mut Vec<Action>,
-    ) {
+    fn on_receiving(&mut self, id: SessionId, sub: Subscription, now: Now, out: &mut Vec<Action>) {
+        let accepted = sub.accepted;
         let slot = self.sessions[&id].slot;
         let shard = self.slots[slot].shard;
         match self.slots[slot].phase.clone() {
             Phase::Connecting { session } if session == id => {
-                self.subscribed(id, channel, accepted, rejected, now, out);
+                self.subscribed(id, sub, now, out);
                 if accepted == 0 {
                     self.slots[slot].phase = Phase::Refused { session: id };
                     return;
@@ -595,7 +590,7 @@ impl Machine {
                     };
                     return;
                 }
-                self.subscribed(id, channel, accepted, rejected, now, out);
+                self.subscribed(id, sub, now, out);
                 // The new socket covers before the old one stops, so a
                 // planned move never opens a gap.
                 if accepted > 0 {
@@ -622,15 +617,12 @@ impl Machine {
     }
 
     /// Bookkeeping of a subscription: counts, rejections, expiry timer.
-    fn subscribed(
-        &mut self,
-        id: SessionId,
-        channel: Channel,
-        accepted: usize,
-        rejected: Vec<(String, String)>,
-        now: Now,
-        out: &mut Vec<Action>,
-    ) {
+    fn subscribed(&mut self, id: SessionId, sub: Subscription, now: Now, out: &mut Vec<Action>) {
+        let Subscription {
+            channel,
+            accepted,
+            rejected,
+        } = sub;
         let slot = self.sessions[&id].slot;
         let shard = self.slots[slot].shard;
         let s = &mut self.shards[shard];
@@ -1531,7 +1523,7 @@ mod tests {
             self.step(
                 Input::Session {
                     id,
-                    event: SessionEvent::Receiving {
+                    event: SessionEvent::Receiving(Subscription {
                         channel,
                         accepted: usize::from(!refused),
                         rejected: if refused {
@@ -1539,7 +1531,7 @@ mod tests {
                         } else {
                             Vec::new()
                         },
-                    },
+                    }),
                 },
                 None,
             );

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::machine::{Cause, Ended, Notice, SessionEvent, SessionId, Via};
+use super::machine::{Cause, Ended, Notice, SessionEvent, SessionId, Subscription, Via};
 use crate::event::{Inbound, Notification, Reason, Spans};
 use crate::genesys::api::{Api, ApiError, Channel};
 use crate::genesys::frame::{self, Frame};
@@ -293,11 +293,11 @@ impl Session<'_> {
                                 if let Some((accepted, rejected)) = subscribed.take() {
                                     receiving_since = Some((Instant::now(), SystemTime::now()));
                                     events::socket_receiving(self.shard, &tag, self.reused);
-                                    self.report(SessionEvent::Receiving {
+                                    self.report(SessionEvent::Receiving(Subscription {
                                         channel: self.channel.clone(),
                                         accepted,
                                         rejected,
-                                    });
+                                    }));
                                 }
                             }
                         }
@@ -641,7 +641,7 @@ mod tests {
         rig.to_socket.send(text(PONG)).expect("socket open");
         assert!(matches!(
             rig.events.recv().await,
-            Some((7, SessionEvent::Receiving { .. }))
+            Some((7, SessionEvent::Receiving(_)))
         ));
         let last_frame = Instant::now();
         // Silence from now on: pings go out every 20 s, and at 70 s the
@@ -750,7 +750,7 @@ mod tests {
         rig.to_socket.send(text(PONG)).expect("open");
         assert!(matches!(
             rig.event().await,
-            Some(SessionEvent::Receiving { .. })
+            Some(SessionEvent::Receiving(_))
         ));
         tokio::time::sleep(Duration::from_secs(5)).await;
         let before_last_frame = SystemTime::now();
