@@ -79,6 +79,11 @@ pub fn client_config(kafka: &KafkaSection) -> ClientConfig {
         // No expiry while the process lives: a down broker means waiting, not loss.
         .set("message.timeout.ms", "0")
         .set("linger.ms", "5")
+        // Back within a second of the broker being reachable again:
+        // librdkafka's reconnect backoff grows to 10 s by default, so a
+        // 10 s outage stalled delivery for 11 s more.
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000")
         .set("compression.type", "lz4")
         .set(
             "queue.buffering.max.messages",
@@ -342,9 +347,16 @@ pub async fn watch_reachability(producer: KafkaProducer, cancel: CancellationTok
             .health
             .kafka_reachable
             .store(reachable, Ordering::Relaxed);
+        // While Kafka is away, look every second, so /readyz says it is
+        // back as soon as it is.
+        let next = if reachable {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(1)
+        };
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = tokio::time::sleep(next) => {}
         }
     }
 }

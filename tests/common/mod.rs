@@ -673,3 +673,73 @@ pub fn assert_no_channel_id_in_records(
     }
     tags
 }
+
+/// A TCP proxy that can cut every connection (with a reset) and stop
+/// listening, then listen again on the same port.
+pub struct KafkaProxy {
+    pub addr: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    accept: Option<tokio::task::JoinHandle<()>>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl KafkaProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let mut proxy = Self {
+            addr,
+            upstream,
+            accept: None,
+            conns: Arc::default(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let (upstream, conns) = (self.upstream, self.conns.clone());
+        self.accept = Some(tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    // Linger zero: a drop resets the connection at once (it
+                    // is a non-zero linger that blocks on drop).
+                    #[allow(deprecated)]
+                    let _ = (
+                        client.set_linger(Some(Duration::ZERO)),
+                        server.set_linger(Some(Duration::ZERO)),
+                    );
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                conns.lock().expect("lock").push(conn);
+            }
+        }));
+    }
+
+    /// Resets every connection and stops listening.
+    pub async fn cut(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+            let _ = accept.await;
+        }
+        let conns: Vec<_> = self.conns.lock().expect("lock").drain(..).collect();
+        for conn in conns {
+            // Dropping the sockets with linger 0 sends a reset.
+            conn.abort();
+            let _ = conn.await;
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn resume(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebind");
+        self.serve(listener);
+    }
+}
