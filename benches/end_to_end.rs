@@ -32,7 +32,7 @@ struct Options {
     /// building a fresh JSON body per event cost it more than the bridge's
     /// whole work on the event.
     body_reuse: u32,
-    /// `BENCH_ONLY=idle|load|latency`: that phase alone (experiments);
+    /// `BENCH_ONLY=idle|moderate|load|latency|recovery`: that phase alone (experiments);
     /// unset: every phase.
     only: Option<String>,
 }
@@ -64,7 +64,7 @@ impl Options {
         }
     }
 
-    const PHASES: [&str; 3] = ["idle", "load", "latency"];
+    const PHASES: [&str; 5] = ["idle", "moderate", "load", "latency", "recovery"];
 
     fn runs(&self, phase: &str) -> bool {
         self.only.as_deref().is_none_or(|only| only == phase)
@@ -167,7 +167,77 @@ async fn run(o: &Options) -> String {
         emu.shutdown().await;
     }
 
-    // 2. 10,000 topics: 5,000 events/s for memory, then as fast as it goes.
+    // 2. The rates contact centres run: CPU per event where wake-ups, not
+    // bytes, are the cost; 30 s each, after 5 s to settle.
+    if o.runs("moderate") {
+        for (topics, rate) in [(200usize, 500.0), (1_000, 2_000.0)] {
+            let broker = fresh_broker();
+            let brokers = broker.brokers();
+            let emu = emulator(EmuConfig {
+                record_mode: RecordMode::Compact,
+                body_reuse: o.body_reuse,
+                ..EmuConfig::default()
+            })
+            .await;
+            let topics_list = emu.sample_topics(topics);
+            let bridge = Bridge::start(
+                &emu,
+                &topics_list,
+                &brokers,
+                &work.join(format!("moderate-{rate}")),
+                &[],
+            )
+            .await;
+            emu.set_rate(rate);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let before = bridge
+                .histogram("genesys_bridge_publish_latency_seconds")
+                .await;
+            let (published, cpu, secs) = bridge.window(30).await;
+            let after = bridge
+                .histogram("genesys_bridge_publish_latency_seconds")
+                .await;
+            let (_, peak) = bridge.memory_kib();
+            let window: Vec<(f64, f64)> = after
+                .iter()
+                .map(|&(le, n)| {
+                    let n0 = before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+                    (le, n - n0)
+                })
+                .collect();
+            let label = format!("{topics} topics, {rate:.0} events/s");
+            rows.push(row(
+                &format!("bridge CPU per event ({label})"),
+                Some((if rate < 1_000.0 { 75.0 } else { 35.0 }, false)),
+                cpu / published.max(1.0) * 1e6,
+                "µs",
+                &format!(
+                    " ({:.0} events/s published, {:.1} % of a core)",
+                    published / secs,
+                    cpu / secs * 100.0
+                ),
+            ));
+            rows.push(row(
+                &format!("peak RSS ({label})"),
+                Some((30.0, false)),
+                peak as f64 / 1024.0,
+                "MiB",
+                "",
+            ));
+            rows.push(row(
+                &format!("publish latency p99 ({label})"),
+                Some((15.0, false)),
+                quantile(&window, 0.99) * 1000.0,
+                "ms",
+                "",
+            ));
+            emu.set_rate(0.0);
+            bridge.stop().await;
+            emu.shutdown().await;
+        }
+    }
+
+    // 3. 10,000 topics: 5,000 events/s for memory, then as fast as it goes.
     if o.runs("load") {
         let broker = fresh_broker();
         let brokers = broker.brokers();
@@ -293,7 +363,7 @@ async fn run(o: &Options) -> String {
         emu.shutdown().await;
     }
 
-    // 3. Latency at 1,000 events/s (default linger 5 ms), then abrupt
+    // 4. Latency at 1,000 events/s (default linger 5 ms), then abrupt
     // drops with the default backoff, then planned moves.
     if o.runs("latency") {
         let broker = fresh_broker();
@@ -383,6 +453,72 @@ async fn run(o: &Options) -> String {
         ));
         bridge.stop().await;
         emu.shutdown().await;
+    }
+    // 5. Kafka unreachable for 10 s (a proxy resets every connection and
+    // stops listening; the broker keeps running), at 500 events/s.
+    if o.runs("recovery") {
+        let upstream: SocketAddr = ([127, 0, 0, 1], BROKER_PORT).into();
+        let mut proxy = KafkaProxy::start(upstream).await;
+        let broker =
+            PrivateBroker::start_advertising(BROKER_PORT, "memory", &proxy.addr.to_string());
+        let emu = emulator(EmuConfig::default()).await;
+        let topics = emu.sample_topics(200);
+        let bridge = Bridge::start(
+            &emu,
+            &topics,
+            &proxy.addr.to_string(),
+            &work.join("recovery"),
+            &[],
+        )
+        .await;
+        emu.set_rate(500.0);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        proxy.cut().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let during = bridge.metric("genesys_bridge_events_published_total").await;
+        let ready_during = bridge.metric("genesys_bridge_ready").await;
+        proxy.resume().await;
+        let back = Instant::now();
+        let (mut resumed, mut ready) = (None, None);
+        while back.elapsed() < Duration::from_secs(60) && (resumed.is_none() || ready.is_none()) {
+            if resumed.is_none()
+                && bridge.metric("genesys_bridge_events_published_total").await > during
+            {
+                resumed = Some(back.elapsed().as_secs_f64());
+            }
+            if ready.is_none() && bridge.metric("genesys_bridge_ready").await == 1.0 {
+                ready = Some(back.elapsed().as_secs_f64());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        emu.set_rate(0.0);
+        emu.settle(Duration::from_secs(10)).await;
+        let offered = emu.event_stats().deliverable as f64;
+        let settled = Instant::now();
+        let published = loop {
+            let n = bridge.metric("genesys_bridge_events_published_total").await;
+            if n >= offered || settled.elapsed() > Duration::from_secs(60) {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        rows.push(row(
+            "Kafka unreachable 10 s: publishing resumed after it was back",
+            Some((2.0, false)),
+            resumed.unwrap_or(f64::NAN),
+            "s",
+            &format!(" ({published:.0} of {offered:.0} events published in the end)"),
+        ));
+        rows.push(row(
+            "Kafka unreachable 10 s: /readyz ready again after it was back",
+            None,
+            ready.unwrap_or(f64::NAN),
+            "s",
+            &format!(" (genesys_bridge_ready during the outage: {ready_during})"),
+        ));
+        bridge.stop().await;
+        emu.shutdown().await;
+        drop(broker);
     }
     render(&rows)
 }
