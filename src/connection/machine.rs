@@ -264,8 +264,6 @@ struct SessionState {
     rotate_at: Option<Instant>,
     /// A notice that came before it was the slot's receiving session.
     announced: Option<Notice>,
-    /// Holds one of the spare channels.
-    spare: bool,
     /// Stopped after a replacement came up: when, and whether it was the
     /// shard's only covering socket then (if it was blind, so was the shard).
     retired: Option<Retired>,
@@ -369,7 +367,7 @@ impl Machine {
     pub fn start(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         for slot in 0..self.slots.len() {
-            let session = self.open(slot, Via::New, Duration::ZERO, false, &mut out);
+            let session = self.open(slot, Via::New, Duration::ZERO, &mut out);
             self.slots[slot].phase = Phase::Connecting { session };
         }
         out
@@ -461,18 +459,17 @@ impl Machine {
             .count()
     }
 
+    /// Live sessions beyond one per slot: standbys, replaced sockets still
+    /// closing, a parked slot's socket closing while it is woken again.
     fn spares_held(&self) -> usize {
-        self.sessions.values().filter(|s| s.spare).count()
+        let mut per_slot = vec![0usize; self.slots.len()];
+        for s in self.sessions.values() {
+            per_slot[s.slot] += 1;
+        }
+        per_slot.iter().map(|n| n.saturating_sub(1)).sum()
     }
 
-    fn open(
-        &mut self,
-        slot: usize,
-        via: Via,
-        delay: Duration,
-        spare: bool,
-        out: &mut Vec<Action>,
-    ) -> SessionId {
+    fn open(&mut self, slot: usize, via: Via, delay: Duration, out: &mut Vec<Action>) -> SessionId {
         let session = self.next_id;
         self.next_id += 1;
         self.sessions.insert(
@@ -483,7 +480,6 @@ impl Machine {
                 covering_since: None,
                 rotate_at: None,
                 announced: None,
-                spare,
                 retired: None,
             },
         );
@@ -559,10 +555,10 @@ impl Machine {
                 self.subscribed(id, sub, now, out);
                 if accepted == 0 {
                     self.slots[slot].phase = Phase::Refused { session: id };
-                    return;
+                } else {
+                    self.slots[slot].phase = Phase::Receiving { session: id };
+                    self.cover(id, now, out);
                 }
-                self.slots[slot].phase = Phase::Receiving { session: id };
-                self.cover(id, now, out);
                 if let Some(notice) = self.sessions.get_mut(&id).and_then(|s| s.announced.take()) {
                     self.on_notice(id, notice, now, out);
                 }
@@ -597,7 +593,6 @@ impl Machine {
                     self.cover(id, now, out);
                 }
                 let promoted = self.sessions.get_mut(&id).expect("the standby is live");
-                let spare = std::mem::replace(&mut promoted.spare, false);
                 let announced = promoted.announced.take();
                 self.slots[slot].phase = if accepted > 0 {
                     Phase::Receiving { session: id }
@@ -605,7 +600,7 @@ impl Machine {
                     Phase::Refused { session: id }
                 };
                 if let Some(old) = old {
-                    self.retire(old, spare, reason, now, out);
+                    self.retire(old, reason, now, out);
                 }
                 if let Some(notice) = announced {
                     self.on_notice(id, notice, now, out);
@@ -655,7 +650,14 @@ impl Machine {
 
     /// `id` stops covering its shard at `since`: a gap opens if it was the
     /// last one covering it (the shard is blind since the latest stop).
-    fn uncover(&mut self, id: SessionId, since: SystemTime, reason: Reason, out: &mut Vec<Action>) {
+    fn uncover(
+        &mut self,
+        id: SessionId,
+        since: SystemTime,
+        reason: Reason,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
         let Some(state) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -663,10 +665,17 @@ impl Machine {
         if state.covering_since.take().is_none() {
             return;
         }
-        self.uncovered(slot, since, reason, out);
+        self.uncovered(slot, since, reason, now, out);
     }
 
-    fn uncovered(&mut self, slot: usize, since: SystemTime, reason: Reason, out: &mut Vec<Action>) {
+    fn uncovered(
+        &mut self,
+        slot: usize,
+        since: SystemTime,
+        reason: Reason,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
         let shard = self.slots[slot].shard;
         let s = &mut self.shards[shard];
         let stop = s.last_stop.map_or(since, |last| last.max(since));
@@ -680,11 +689,22 @@ impl Machine {
             since: stop,
             reason,
         });
-        // A parked slot takes over.
+        // A parked slot takes over. If its own socket is still closing, the
+        // new one is beyond the slot's channel: it waits for a spare, as a
+        // standby does.
         for other in 0..self.slots.len() {
             if self.slots[other].shard == shard && self.slots[other].phase == Phase::Dormant {
-                let session = self.open(other, Via::New, Duration::ZERO, false, out);
-                self.slots[other].phase = Phase::Connecting { session };
+                if self.sessions.values().any(|s| s.slot == other) {
+                    self.slots[other].phase = Phase::Rotating {
+                        old: None,
+                        reason,
+                        standby: None,
+                        not_before: now.at,
+                    };
+                } else {
+                    let session = self.open(other, Via::New, Duration::ZERO, out);
+                    self.slots[other].phase = Phase::Connecting { session };
+                }
             }
         }
     }
@@ -708,22 +728,14 @@ impl Machine {
         });
     }
 
-    /// Stops the replaced session `old`; it keeps `spare` until its close
-    /// is done, and its close tells whether it had been blind.
-    fn retire(
-        &mut self,
-        old: SessionId,
-        spare: bool,
-        reason: Reason,
-        now: Now,
-        out: &mut Vec<Action>,
-    ) {
+    /// Stops the replaced session `old`: it counts against the spares until
+    /// its close is done, and its close tells whether it had been blind.
+    fn retire(&mut self, old: SessionId, reason: Reason, now: Now, out: &mut Vec<Action>) {
         let Some(state) = self.sessions.get_mut(&old) else {
             return;
         };
         let slot = state.slot;
         let was_covering = state.covering_since.take().is_some();
-        state.spare = spare;
         let shard = self.slots[slot].shard;
         // The replacement already covers, so this opens no gap; whether the
         // old socket was the shard's only one decides whether its blind
@@ -731,7 +743,7 @@ impl Machine {
         let alone = was_covering && self.covering(shard) == 1;
         let others_until = self.shards[shard].last_stop;
         if was_covering {
-            self.uncovered(slot, now.wall, reason, out);
+            self.uncovered(slot, now.wall, reason, now, out);
         }
         if let Some(state) = self.sessions.get_mut(&old) {
             state.retired = Some(Retired {
@@ -744,7 +756,7 @@ impl Machine {
     }
 
     fn stop(&mut self, id: SessionId, out: &mut Vec<Action>) {
-        // Stopped sessions report `Closed`; until then they hold their spare.
+        // Stopped sessions report `Closed`; until then they count.
         if let Some(state) = self.sessions.get_mut(&id) {
             state.retired = Some(Retired {
                 at: SystemTime::UNIX_EPOCH,
@@ -770,7 +782,7 @@ impl Machine {
                         out.push(Action::Report(Report::SingleHolder { shard }));
                     }
                     self.slots[slot].phase = Phase::Dormant;
-                    self.uncover(id, now.wall, notice.reason(), out);
+                    self.uncover(id, now.wall, notice.reason(), now, out);
                     self.stop(id, out);
                     return;
                 }
@@ -897,7 +909,7 @@ impl Machine {
             };
             return;
         }
-        let standby = self.open(slot, Via::New, Duration::ZERO, true, out);
+        let standby = self.open(slot, Via::New, Duration::ZERO, out);
         self.slots[slot].phase = Phase::Rotating {
             old,
             reason,
@@ -938,9 +950,9 @@ impl Machine {
                         }));
                     }
                     let reason = lost.as_ref().map_or(Reason::SocketError, |(r, _)| *r);
-                    self.uncovered(slot, ended.last_frame, reason, out);
+                    self.uncovered(slot, ended.last_frame, reason, now, out);
                 }
-                self.recover(slot, ended, true, out);
+                self.recover(slot, ended, true, Duration::ZERO, out);
             }
             Phase::Rotating {
                 old: Some(old),
@@ -951,7 +963,7 @@ impl Machine {
                 // The old socket of a planned move ended first: the move's
                 // reason is what the operator asked about.
                 if covering {
-                    self.uncovered(slot, ended.last_frame, reason, out);
+                    self.uncovered(slot, ended.last_frame, reason, now, out);
                 }
                 self.slots[slot].backoff.connection_ended(ended.up_for);
                 match standby {
@@ -970,7 +982,9 @@ impl Machine {
                     None => {
                         let reusable =
                             !matches!(reason, Reason::ChannelGone | Reason::TokenRefresh);
-                        self.recover(slot, ended, reusable, out);
+                        // A standby refused with a Retry-After set `not_before`.
+                        let owed = not_before.saturating_duration_since(now.at);
+                        self.recover(slot, ended, reusable, owed, out);
                     }
                 }
             }
@@ -996,7 +1010,7 @@ impl Machine {
                         }
                     }
                     None => {
-                        let session = self.open(slot, Via::New, delay, false, out);
+                        let session = self.open(slot, Via::New, delay, out);
                         self.slots[slot].phase = Phase::Connecting { session };
                     }
                 }
@@ -1010,10 +1024,18 @@ impl Machine {
     /// receiving: then its subscriptions are known to live on the server. A
     /// channel whose set-up failed may never have been subscribed, or may be
     /// dead while HEAD still says 200; it is replaced.
-    fn recover(&mut self, slot: usize, ended: Ended, reusable: bool, out: &mut Vec<Action>) {
+    /// `at_least`: a wait the slot already owes (a standby's Retry-After).
+    fn recover(
+        &mut self,
+        slot: usize,
+        ended: Ended,
+        reusable: bool,
+        at_least: Duration,
+        out: &mut Vec<Action>,
+    ) {
         let backoff = &mut self.slots[slot].backoff;
         backoff.connection_ended(ended.up_for);
-        let delay = backoff.next_delay(ended.retry_after);
+        let delay = backoff.next_delay(ended.retry_after).max(at_least);
         let via = match (&ended.cause, ended.channel) {
             (Cause::Lost { reason, .. }, Some(channel))
                 if reusable && *reason != Reason::ChannelGone =>
@@ -1031,7 +1053,7 @@ impl Machine {
             }
             _ => Via::New,
         };
-        let session = self.open(slot, via, delay, false, out);
+        let session = self.open(slot, via, delay, out);
         self.slots[slot].phase = Phase::Connecting { session };
     }
 }
@@ -1165,6 +1187,8 @@ mod tests {
         token: u64,
         stalls: usize,
         redundancy: usize,
+        /// Per shard: the latest end of a Retry-After it was given.
+        owed: Vec<Option<Instant>>,
     }
 
     fn channel(n: u64, generation: u64, now: Now, expires_in: Option<u64>) -> Channel {
@@ -1201,6 +1225,7 @@ mod tests {
                 token: 1,
                 stalls: 0,
                 redundancy,
+                owed: vec![None; shards],
             };
             let actions = world.machine.start();
             world.apply(actions, None);
@@ -1287,13 +1312,12 @@ mod tests {
                                 "a second session on a live channel"
                             );
                         }
-                        // Backoff: never beyond its cap (but for Retry-After).
-                        assert!(
-                            delay
-                                <= policy()
-                                    .max
-                                    .max(retry_after.map_or(Duration::ZERO, |r| r.1))
-                        );
+                        // Backoff: never beyond its cap (but for a Retry-After,
+                        // this step's or one the shard still owes).
+                        let owed = self.owed[shard]
+                            .map_or(Duration::ZERO, |t| t.saturating_duration_since(self.now.at));
+                        let asked = retry_after.map_or(Duration::ZERO, |r| r.1);
+                        assert!(delay <= policy().max.max(asked).max(owed), "{delay:?}");
                         opened.push((shard, delay));
                         self.sims.insert(
                             session,
@@ -1415,6 +1439,11 @@ mod tests {
                     };
                     let sim = self.sims.remove(&id).expect("picked");
                     let retry_after = retry_after.map(Duration::from_millis);
+                    if let Some(r) = retry_after {
+                        let until = now.at + r;
+                        let owed = &mut self.owed[sim.shard];
+                        *owed = Some(owed.map_or(until, |t| t.max(until)));
+                    }
                     let channel = match sim.via {
                         Via::Check(c) => Some(c),
                         Via::New => None,
@@ -1664,13 +1693,16 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// Nineteen slots (the most a configuration allows): moves wait for
-        /// a spare instead of exceeding the budget.
+        /// Nineteen slots, or eighteen as nine shards of two (the most a
+        /// configuration allows): moves and parked slots wait for a spare
+        /// instead of exceeding the budget.
         #[test]
         fn a_full_budget_is_never_exceeded(
+            redundancy in 1usize..3,
             ops in prop::collection::vec(op(), 1..300),
         ) {
-            let mut world = World::new(19, 1, 0.5);
+            let shards = if redundancy == 1 { 19 } else { 9 };
+            let mut world = World::new(shards, redundancy, 0.5);
             for op in ops {
                 world.play(op);
             }
@@ -1750,6 +1782,62 @@ mod tests {
             delays.push((next.ready_at - w.now.at).as_millis());
         }
         assert_eq!(delays, [100, 200, 400, 7_000, 1_600]);
+    }
+
+    /// A standby refused with a Retry-After, then the old socket closes as
+    /// announced: the replacement still waits what the server asked.
+    #[test]
+    fn a_retry_after_owed_by_a_move_outlives_the_old_socket() {
+        let mut w = World::new(1, 1, 1.0);
+        w.up(0, false, None);
+        w.play(Op::Notice { pick: 0, notice: 0 });
+        let Phase::Rotating {
+            standby: Some(standby),
+            ..
+        } = *w.machine.phase(0)
+        else {
+            panic!("moving");
+        };
+        let pick = w.sims.keys().position(|&id| id == standby).expect("live");
+        w.play(Op::SetupFails {
+            pick,
+            retry_after: Some(60_000),
+        });
+        w.advance(Duration::from_secs(2));
+        w.play(Op::Lose { pick: 0, reason: 1 });
+        let (_, next) = w.sims.iter().next().expect("a replacement");
+        assert!(
+            next.ready_at >= w.now.at + Duration::from_secs(58),
+            "waits out the Retry-After: {:?}",
+            next.ready_at - w.now.at
+        );
+    }
+
+    /// A parked slot woken while its own socket is still closing waits for
+    /// a spare like a standby: 9 shards x 2 slots, both spares in use.
+    #[test]
+    fn a_parked_slot_woken_while_closing_waits_for_a_spare() {
+        let mut w = World::new(9, 2, 1.0);
+        for id in 0..18 {
+            w.up(id, false, None);
+        }
+        // Two other shards move: both spares in use.
+        w.play(Op::Notice { pick: 2, notice: 0 });
+        w.play(Op::Notice { pick: 4, notice: 0 });
+        // Shard 0's second slot is parked; its socket is still closing.
+        w.step(
+            Input::Session {
+                id: 1,
+                event: SessionEvent::Notice(Notice::AnotherChannelSubscribed),
+            },
+            None,
+        );
+        assert_eq!(w.machine.phase(1), &Phase::Dormant);
+        // Shard 0's first socket is lost: the parked slot must take over,
+        // but not beyond the budget.
+        w.play(Op::Lose { pick: 0, reason: 0 });
+        assert!(w.sims.len() <= MAX_CHANNELS);
+        w.calm();
     }
 
     /// The channel budget holds with every slot moving at once.

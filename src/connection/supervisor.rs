@@ -105,16 +105,36 @@ impl Supervisor {
             let actions = self.machine.step(input, Now::current());
             self.execute(actions).await;
         }
-        let handles: Vec<_> = self
-            .sessions
-            .drain()
-            .map(|(_, (cancel, handle))| {
-                cancel.cancel();
-                handle
-            })
-            .collect();
-        for handle in handles {
-            let _ = tokio::time::timeout(STOP_TIMEOUT, handle).await;
+        self.shut_down(events).await;
+    }
+
+    /// Stops every session and keeps reading what they report until they
+    /// are done (within [`STOP_TIMEOUT`]): a socket replaced just before
+    /// the stop may still reveal, at its close, a blind interval the
+    /// machine must report. Nothing new is started.
+    async fn shut_down(&mut self, mut events: mpsc::UnboundedReceiver<(SessionId, SessionEvent)>) {
+        for (cancel, _) in self.sessions.values() {
+            cancel.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        while !self.sessions.is_empty() {
+            let Ok(Some((id, event))) = tokio::time::timeout_at(deadline, events.recv()).await
+            else {
+                break;
+            };
+            if matches!(event, SessionEvent::Ended(_) | SessionEvent::Closed { .. }) {
+                self.sessions.remove(&id);
+            }
+            let actions = self
+                .machine
+                .step(Input::Session { id, event }, Now::current())
+                .into_iter()
+                .filter(|a| !matches!(a, Action::Open { .. } | Action::Stop { .. }))
+                .collect();
+            self.execute(actions).await;
+        }
+        for (_, (_, handle)) in self.sessions.drain() {
+            handle.abort();
         }
     }
 
