@@ -17,7 +17,6 @@ use bytes::Bytes;
 use genesys_kafka_bridge::config::{KafkaSection, OverflowPolicy};
 use genesys_kafka_bridge::sink::{kafka, Record};
 use genesys_kafka_bridge::telemetry::metrics;
-use rdkafka::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -100,14 +99,7 @@ async fn kafka_unreachable_for_ten_seconds_resumes_fast_and_loses_nothing() {
         .expect("sink ran");
 
     let got = read_settled(&broker.brokers(), &[topic], total, Duration::from_secs(20));
-    let mut seen = vec![0u32; total];
-    for m in &got {
-        let v: serde_json::Value =
-            serde_json::from_slice(m.payload().expect("value")).expect("json");
-        seen[v["n"].as_u64().expect("n") as usize] += 1;
-    }
-    let lost = seen.iter().filter(|c| **c == 0).count();
-    let duplicated = seen.iter().filter(|c| **c > 1).count();
+    let (lost, duplicated) = lost_and_duplicated_by_n(&got, total);
     println!(
         "sent {total}, read {}, lost {lost}, duplicated {duplicated}",
         got.len()

@@ -174,14 +174,7 @@ async fn broker_down_for_ten_seconds_loses_and_duplicates_nothing() {
 
     let topic = format!("{prefix}.users.presence");
     let got = read_settled(&broker.brokers(), &[topic], total, Duration::from_secs(20));
-    let mut seen = vec![0u32; total];
-    for m in &got {
-        let v: serde_json::Value =
-            serde_json::from_slice(m.payload().expect("value")).expect("json");
-        seen[v["n"].as_u64().expect("n") as usize] += 1;
-    }
-    let lost = seen.iter().filter(|c| **c == 0).count();
-    let duplicated = seen.iter().filter(|c| **c > 1).count();
+    let (lost, duplicated) = lost_and_duplicated_by_n(&got, total);
     println!(
         "broker restart: sent {total}, read {}, lost {lost}, duplicated {duplicated}",
         got.len()

@@ -578,12 +578,7 @@ impl Machine {
                     out.push(Action::Report(Report::AllTopicsRejected { shard }));
                     self.stop(id, out);
                     let delay = self.slots[slot].backoff.next_delay(None);
-                    self.slots[slot].phase = Phase::Rotating {
-                        old,
-                        reason,
-                        standby: None,
-                        not_before: now.at + delay,
-                    };
+                    self.move_waits(slot, old, reason, now.at + delay);
                     return;
                 }
                 self.subscribed(id, sub, now, out);
@@ -695,12 +690,7 @@ impl Machine {
         for other in 0..self.slots.len() {
             if self.slots[other].shard == shard && self.slots[other].phase == Phase::Dormant {
                 if self.sessions.values().any(|s| s.slot == other) {
-                    self.slots[other].phase = Phase::Rotating {
-                        old: None,
-                        reason,
-                        standby: None,
-                        not_before: now.at,
-                    };
+                    self.move_waits(other, None, reason, now.at);
                 } else {
                     let session = self.open(other, Via::New, Duration::ZERO, out);
                     self.slots[other].phase = Phase::Connecting { session };
@@ -824,12 +814,7 @@ impl Machine {
             reason,
             detail: detail.to_owned(),
         }));
-        self.slots[slot].phase = Phase::Rotating {
-            old: Some(session),
-            reason,
-            standby: None,
-            not_before: now.at,
-        };
+        self.move_waits(slot, Some(session), reason, now.at);
     }
 
     fn channel_tag(&self, id: SessionId) -> Option<Arc<str>> {
@@ -886,6 +871,22 @@ impl Machine {
         }
     }
 
+    /// The slot's move waits for its standby until `not_before`.
+    fn move_waits(
+        &mut self,
+        slot: usize,
+        old: Option<SessionId>,
+        reason: Reason,
+        not_before: Instant,
+    ) {
+        self.slots[slot].phase = Phase::Rotating {
+            old,
+            reason,
+            standby: None,
+            not_before,
+        };
+    }
+
     fn start_standby(&mut self, slot: usize, now: Now, out: &mut Vec<Action>) {
         let Phase::Rotating {
             old,
@@ -901,12 +902,7 @@ impl Machine {
         }
         if self.spares_held() >= self.spares {
             // Other slots are mid-move; try again shortly.
-            self.slots[slot].phase = Phase::Rotating {
-                old,
-                reason,
-                standby: None,
-                not_before: now.at + SPARE_RETRY,
-            };
+            self.move_waits(slot, old, reason, now.at + SPARE_RETRY);
             return;
         }
         let standby = self.open(slot, Via::New, Duration::ZERO, out);
@@ -1002,12 +998,7 @@ impl Machine {
                 }));
                 match old {
                     Some(old) => {
-                        self.slots[slot].phase = Phase::Rotating {
-                            old: Some(old),
-                            reason,
-                            standby: None,
-                            not_before: now.at + delay,
-                        }
+                        self.move_waits(slot, Some(old), reason, now.at + delay);
                     }
                     None => {
                         let session = self.open(slot, Via::New, delay, out);

@@ -743,3 +743,18 @@ impl KafkaProxy {
         self.serve(listener);
     }
 }
+
+/// Of records whose value is `{"n": <index>}` for 0..`total`: how many
+/// indices are missing and how many came more than once.
+pub fn lost_and_duplicated_by_n(messages: &[OwnedMessage], total: usize) -> (usize, usize) {
+    let mut seen = vec![0u32; total];
+    for m in messages {
+        let v: serde_json::Value =
+            serde_json::from_slice(m.payload().expect("value")).expect("json");
+        seen[v["n"].as_u64().expect("n") as usize] += 1;
+    }
+    (
+        seen.iter().filter(|c| **c == 0).count(),
+        seen.iter().filter(|c| **c > 1).count(),
+    )
+}
