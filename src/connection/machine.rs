@@ -447,11 +447,6 @@ impl Machine {
         (s.accepted, s.rejected)
     }
 
-    /// Sessions still running, to stop at shutdown.
-    pub fn session_ids(&self) -> Vec<SessionId> {
-        self.sessions.keys().copied().collect()
-    }
-
     fn covering(&self, shard: usize) -> usize {
         self.sessions
             .values()

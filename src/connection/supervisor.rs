@@ -223,12 +223,7 @@ impl Supervisor {
                 shard,
                 detail,
                 retry_in,
-            } => tracing::warn!(
-                shard,
-                error = %detail,
-                retry_in_ms = retry_in.as_millis() as u64,
-                "Standby channel failed; retrying."
-            ),
+            } => events::standby_failed(shard, &detail, retry_in),
             Report::SingleHolder { shard } => events::single_holder_detected(shard),
             Report::BlindSocketReplaced {
                 shard,

@@ -74,6 +74,15 @@ pub fn connect_failed(shard: usize, channel: &str, error: &str, retry_in: Durati
     );
 }
 
+pub fn standby_failed(shard: usize, error: &str, retry_in: Duration) {
+    warn!(
+        shard,
+        error,
+        retry_in_ms = retry_in.as_millis() as u64,
+        "Standby channel failed; retrying."
+    );
+}
+
 pub fn frame_invalid(channel: &str, why: &str, len: usize) {
     metrics().frames_invalid.inc();
     warn!(channel, why, len, "Skipped a frame the bridge cannot read.");
