@@ -1,7 +1,8 @@
 //! Emulator configuration: one plain struct with public fields and defaults
 //! that match the real service (24 h tokens and channels, 30 s heartbeats,
 //! 20 channels, 1,000 topics), plus the knobs that only an emulator has
-//! (generator rate, id pools, how many event records to keep).
+//! (generator rate, the directory's initial users, queues and divisions, how
+//! many event records to keep).
 //!
 //! Validation happens once, in [`Config::validate`], before any port is bound.
 
@@ -21,6 +22,25 @@ pub enum RecordMode {
     /// One bit per event (delivered to at least one socket or not), plus
     /// counters: for benchmarks with millions of events.
     Compact,
+}
+
+/// An authorization division: users and queues each belong to one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Division {
+    /// Division id (a UUID in Genesys).
+    pub id: String,
+    /// Display name (`Home` is the division every org starts with).
+    pub name: String,
+}
+
+impl Division {
+    /// A division with a fresh UUID.
+    pub fn new(name: impl Into<String>) -> Self {
+        Division {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.into(),
+        }
+    }
 }
 
 /// Everything the emulator can be told at start. `Default` gives the values
@@ -70,10 +90,17 @@ pub struct Config {
     pub body_reuse: u32,
     /// Organization id put into system messages.
     pub org_id: String,
-    /// User ids the generator and [`crate::Emulator::sample_topics`] use.
+    /// The directory's users at start: each becomes an active user named
+    /// `Agent 0001`, `Agent 0002` ... in this order. Event bodies draw
+    /// their user ids from this pool too.
     pub user_ids: Vec<String>,
-    /// Queue ids the generator and [`crate::Emulator::sample_topics`] use.
+    /// The directory's queues at start, in this order; user `i` is a member
+    /// of queue `i mod n`, and odd users also of the next one. Event bodies
+    /// draw their queue ids from this pool too.
     pub queue_ids: Vec<String>,
+    /// Divisions of the directory; users and queues at start are spread
+    /// over them in turn, and new ones go to the first unless told.
+    pub divisions: Vec<Division>,
     /// Frames that may wait for one socket; a socket that falls this far
     /// behind is dropped as a slow consumer.
     pub socket_queue_capacity: usize,
@@ -114,6 +141,7 @@ impl Default for Config {
             org_id: uuid::Uuid::new_v4().to_string(),
             user_ids: generated_ids(DEFAULT_USERS),
             queue_ids: generated_ids(DEFAULT_QUEUES),
+            divisions: vec![Division::new("Home"), Division::new("Sales")],
             socket_queue_capacity: 65_536,
             record_mode: RecordMode::Full,
             max_records: None,
@@ -126,6 +154,15 @@ impl Default for Config {
 /// `n` fresh random UUIDs, as strings.
 pub fn generated_ids(n: usize) -> Vec<String> {
     (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect()
+}
+
+/// Whether `id` can stand for `{id}` in a topic name: not empty, and no
+/// `.`, `?`, `&` or whitespace (they would change how the topic parses).
+pub(crate) fn is_topic_safe_id(id: &str) -> bool {
+    !id.is_empty()
+        && !id
+            .chars()
+            .any(|c| c == '.' || c == '?' || c == '&' || c.is_whitespace())
 }
 
 // The secret must never reach a log line, and `{:?}` on a config is the
@@ -150,6 +187,7 @@ impl fmt::Debug for Config {
             .field("org_id", &self.org_id)
             .field("user_ids", &self.user_ids.len())
             .field("queue_ids", &self.queue_ids.len())
+            .field("divisions", &self.divisions)
             .field("socket_queue_capacity", &self.socket_queue_capacity)
             .field("record_mode", &self.record_mode)
             .field("max_records", &self.max_records)
@@ -171,6 +209,9 @@ pub enum ConfigError {
     /// The id pools are used to build topic names.
     #[error("{0} must not be empty and must not contain '.', '?', '&' or whitespace")]
     BadIds(&'static str),
+    /// At least one division, each with a non-empty id of its own.
+    #[error("divisions must not be empty, and their ids must be non-empty and distinct")]
+    Divisions,
     /// `public_url` must be an http(s) URL.
     #[error("public_url must start with http:// or https://")]
     PublicUrl,
@@ -196,17 +237,21 @@ impl Config {
         if !self.rate.is_finite() || self.rate < 0.0 {
             return Err(ConfigError::Rate(self.rate));
         }
-        let bad_id = |id: &String| {
-            id.is_empty()
-                || id
-                    .chars()
-                    .any(|c| c == '.' || c == '?' || c == '&' || c.is_whitespace())
-        };
+        let bad_id = |id: &String| !is_topic_safe_id(id);
         if self.user_ids.is_empty() || self.user_ids.iter().any(bad_id) {
             return Err(ConfigError::BadIds("user_ids"));
         }
         if self.queue_ids.is_empty() || self.queue_ids.iter().any(bad_id) {
             return Err(ConfigError::BadIds("queue_ids"));
+        }
+        let mut division_ids: Vec<&str> = self.divisions.iter().map(|d| d.id.as_str()).collect();
+        division_ids.sort_unstable();
+        division_ids.dedup();
+        if self.divisions.is_empty()
+            || division_ids.len() != self.divisions.len()
+            || division_ids.iter().any(|id| id.trim().is_empty())
+        {
+            return Err(ConfigError::Divisions);
         }
         if let Some(url) = &self.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -256,5 +301,10 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate(), Err(ConfigError::BadIds("user_ids")));
+        let c = Config {
+            divisions: Vec::new(),
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::Divisions));
     }
 }

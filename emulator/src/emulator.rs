@@ -16,6 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::bodies::{self, Pools};
 use crate::config::{Config, RecordMode};
+use crate::directory::{
+    Directory, DirectoryError, DirectorySnapshot, NewQueue, NewUser, UserState,
+};
 use crate::faults::{FailPlan, Failure, Malformed, RequestKind, Target};
 use crate::generator;
 use crate::http;
@@ -57,8 +60,10 @@ impl Emulator {
             None => format!("ws://{}", base_url.trim_start_matches("http://")),
         };
         let (rate_tx, rate_rx) = watch::channel(config.rate);
+        let mut state = State::new();
+        state.directory = Directory::from_config(&config);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new()),
+            state: Mutex::new(state),
             log: Mutex::new(EventLog::new(config.record_mode, config.max_records, 1)),
             requests: Mutex::new(RequestLog::new(config.max_request_records)),
             faults: Mutex::new(FailPlan::default()),
@@ -298,9 +303,17 @@ impl Emulator {
     }
 
     /// Fault: the next `n` requests of `kind` fail with `failure`
-    /// (`RequestKind::Any` for any request; `n = 0` cancels).
+    /// (`RequestKind::Any` for any request; `n = 0` cancels). Replaces the
+    /// kind's earlier plan.
     pub fn fail_next(&self, kind: RequestKind, n: u32, failure: Failure) {
-        lock(&self.shared.faults).add(kind, n, failure);
+        self.fail_after(kind, 0, n, failure);
+    }
+
+    /// Fault: the next `skip` requests of `kind` pass, then `n` fail with
+    /// `failure` (e.g. `fail_after(RequestKind::Directory, 2, 1, ..)`: the
+    /// third page of a listing fails).
+    pub fn fail_after(&self, kind: RequestKind, skip: u32, n: u32, failure: Failure) {
+        lock(&self.shared.faults).add(kind, skip, n, failure);
     }
 
     /// Cancels every planned failure.
@@ -318,14 +331,68 @@ impl Emulator {
         self.shared.open_sockets.load(Ordering::Relaxed)
     }
 
-    /// The user id pool.
+    /// Ids of the active users, in creation order (at start: the config's
+    /// `user_ids`).
     pub fn user_ids(&self) -> Vec<String> {
-        self.shared.config.user_ids.clone()
+        lock(&self.shared.state).directory.active_user_ids()
     }
 
-    /// The queue id pool.
+    /// Ids of the queues, in creation order (at start: the config's
+    /// `queue_ids`).
     pub fn queue_ids(&self) -> Vec<String> {
-        self.shared.config.queue_ids.clone()
+        lock(&self.shared.state).directory.queue_ids()
+    }
+
+    /// The whole directory: divisions, users (any state) and queues with
+    /// their members.
+    pub fn directory(&self) -> DirectorySnapshot {
+        lock(&self.shared.state).directory.snapshot()
+    }
+
+    /// Adds a user; returns its id. From the moment this returns the
+    /// generator fires its topics (if it is active and subscribed).
+    pub fn add_user(&self, user: NewUser) -> Result<String, DirectoryError> {
+        lock(&self.shared.state).directory.add_user(user)
+    }
+
+    /// Adds `n` active users with default names, in no queue; returns their
+    /// ids.
+    pub fn add_users(&self, n: usize) -> Vec<String> {
+        let mut st = lock(&self.shared.state);
+        (0..n)
+            .filter_map(|_| st.directory.add_user(NewUser::default()).ok())
+            .collect()
+    }
+
+    /// Sets a user's state. Once this returns, the generator fires nothing
+    /// more for a user who is no longer active.
+    pub fn set_user_state(&self, id: &str, state: UserState) -> Result<(), DirectoryError> {
+        lock(&self.shared.state).directory.set_user_state(id, state)
+    }
+
+    /// Removes a user and its queue memberships; the generator stops firing
+    /// its topics once this returns. Subscriptions naming it stay.
+    pub fn remove_user(&self, id: &str) -> Result<(), DirectoryError> {
+        lock(&self.shared.state).directory.remove_user(id)
+    }
+
+    /// Adds a queue; returns its id.
+    pub fn add_queue(&self, queue: NewQueue) -> Result<String, DirectoryError> {
+        lock(&self.shared.state).directory.add_queue(queue)
+    }
+
+    /// Removes a queue; the generator stops firing its topics once this
+    /// returns.
+    pub fn remove_queue(&self, id: &str) -> Result<(), DirectoryError> {
+        lock(&self.shared.state).directory.remove_queue(id)
+    }
+
+    /// Replaces a queue's members (user ids, any state; only active ones are
+    /// listed by the members endpoint).
+    pub fn set_queue_members(&self, id: &str, members: &[String]) -> Result<(), DirectoryError> {
+        lock(&self.shared.state)
+            .directory
+            .set_queue_members(id, members)
     }
 
     /// The organization id used in system messages.
@@ -334,10 +401,15 @@ impl Emulator {
     }
 
     /// `n` distinct valid topic names, cycling through the catalogue's
-    /// subscribable templates and the id pools (deterministic for a given
-    /// config).
+    /// subscribable templates and the active users and queues
+    /// (deterministic for a given config and directory). Past the
+    /// directory, synthetic ids keep the names distinct; the generator
+    /// never fires those (no such user or queue).
     pub fn sample_topics(&self, n: usize) -> Vec<String> {
-        let c = &self.shared.config;
+        let (user_ids, queue_ids) = {
+            let st = lock(&self.shared.state);
+            (st.directory.active_user_ids(), st.directory.queue_ids())
+        };
         let templates: Vec<&str> = CATALOGUE
             .iter()
             .filter(|t| t.kind != crate::topics::BodyKind::System)
@@ -351,9 +423,9 @@ impl Emulator {
                     break;
                 }
                 let pool: &[String] = if t.starts_with("v2.users.") {
-                    &c.user_ids
+                    &user_ids
                 } else if t.contains("queues.") {
-                    &c.queue_ids
+                    &queue_ids
                 } else {
                     &self.shared.conversation_ids
                 };

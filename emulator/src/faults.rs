@@ -51,6 +51,9 @@ pub enum RequestKind {
     AvailableTopics,
     /// `GET /channels/{id}` (the WebSocket upgrade).
     WebsocketConnect,
+    /// The directory: `GET /api/v2/users`, `GET /api/v2/routing/queues`,
+    /// `GET /api/v2/routing/queues/{id}/members`.
+    Directory,
     /// `/_emulator/...` (never failed on purpose).
     Control,
     /// Anything else.
@@ -76,6 +79,11 @@ impl RequestKind {
                 RequestKind::AvailableTopics
             }
             ("GET", ["", "channels", _]) => RequestKind::WebsocketConnect,
+            ("GET", ["", "api", "v2", "users"])
+            | ("GET", ["", "api", "v2", "routing", "queues"])
+            | ("GET", ["", "api", "v2", "routing", "queues", _, "members"]) => {
+                RequestKind::Directory
+            }
             _ => RequestKind::Other,
         }
     }
@@ -97,19 +105,37 @@ pub enum Failure {
     },
 }
 
-/// Pending injected failures: per kind, how many of the next requests fail
-/// and how.
+/// One kind's planned failures.
+#[derive(Debug, Clone, Copy)]
+struct Planned {
+    /// Matching requests still to pass before the failures start.
+    skip: u32,
+    /// Failures still to answer.
+    left: u32,
+    failure: Failure,
+}
+
+/// Pending injected failures: per kind, how many of the next requests pass,
+/// how many then fail, and how.
 #[derive(Debug, Default)]
 pub(crate) struct FailPlan {
-    pending: HashMap<RequestKind, (u32, Failure)>,
+    pending: HashMap<RequestKind, Planned>,
 }
 
 impl FailPlan {
-    pub(crate) fn add(&mut self, kind: RequestKind, n: u32, failure: Failure) {
+    /// Replaces the plan of `kind`; `n = 0` cancels it.
+    pub(crate) fn add(&mut self, kind: RequestKind, skip: u32, n: u32, failure: Failure) {
         if n == 0 {
             self.pending.remove(&kind);
         } else {
-            self.pending.insert(kind, (n, failure));
+            self.pending.insert(
+                kind,
+                Planned {
+                    skip,
+                    left: n,
+                    failure,
+                },
+            );
         }
     }
 
@@ -118,16 +144,21 @@ impl FailPlan {
     }
 
     /// Takes one failure for a request of `kind`, the kind's own plan first,
-    /// then `Any`.
+    /// then `Any`. A plan that is still skipping counts the request as one
+    /// that passed and lets the next plan judge it.
     pub(crate) fn take(&mut self, kind: RequestKind) -> Option<Failure> {
         if kind == RequestKind::Control {
             return None;
         }
         for key in [kind, RequestKind::Any] {
-            if let Some((left, failure)) = self.pending.get_mut(&key) {
-                let failure = *failure;
-                *left -= 1;
-                if *left == 0 {
+            if let Some(p) = self.pending.get_mut(&key) {
+                if p.skip > 0 {
+                    p.skip -= 1;
+                    continue;
+                }
+                let failure = p.failure;
+                p.left -= 1;
+                if p.left == 0 {
                     self.pending.remove(&key);
                 }
                 return Some(failure);
@@ -192,14 +223,25 @@ mod tests {
         );
         assert_eq!(RequestKind::classify("POST", "/_emulator/rate"), Control);
         assert_eq!(RequestKind::classify("GET", "/api/v2/users/me"), Other);
+        assert_eq!(RequestKind::classify("GET", "/api/v2/users"), Directory);
+        assert_eq!(
+            RequestKind::classify("GET", "/api/v2/routing/queues/"),
+            Directory
+        );
+        assert_eq!(
+            RequestKind::classify("GET", "/api/v2/routing/queues/q/members"),
+            Directory
+        );
+        assert_eq!(RequestKind::classify("POST", "/api/v2/users"), Other);
     }
 
     #[test]
     fn fail_plan_counts_down_and_prefers_the_kind() {
         let mut plan = FailPlan::default();
-        plan.add(RequestKind::Token, 2, Failure::Status { status: 503 });
+        plan.add(RequestKind::Token, 0, 2, Failure::Status { status: 503 });
         plan.add(
             RequestKind::Any,
+            0,
             1,
             Failure::TooManyRequests {
                 retry_after_secs: 1,
@@ -218,7 +260,19 @@ mod tests {
             Some(Failure::TooManyRequests { .. })
         ));
         assert_eq!(plan.take(RequestKind::Token), None);
-        plan.add(RequestKind::Any, 5, Failure::Status { status: 500 });
+        plan.add(RequestKind::Any, 0, 5, Failure::Status { status: 500 });
         assert_eq!(plan.take(RequestKind::Control), None);
+    }
+
+    #[test]
+    fn fail_plan_skips_first() {
+        let mut plan = FailPlan::default();
+        let f = Failure::Status { status: 500 };
+        plan.add(RequestKind::Directory, 2, 1, f);
+        assert_eq!(plan.take(RequestKind::Directory), None);
+        assert_eq!(plan.take(RequestKind::Token), None);
+        assert_eq!(plan.take(RequestKind::Directory), None);
+        assert_eq!(plan.take(RequestKind::Directory), Some(f));
+        assert_eq!(plan.take(RequestKind::Directory), None);
     }
 }

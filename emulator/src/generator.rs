@@ -1,5 +1,7 @@
 //! The event generator: publishes generated bodies at the configured rate,
-//! on the configured topics or on every topic subscribed at that moment.
+//! on the configured topics or on every topic subscribed at that moment,
+//! as far as they name an active user or an existing queue (see
+//! `Directory::fires`; conversation topics always fire).
 //!
 //! It works in ticks (at most every 2 ms) and publishes what the clock says
 //! is due, building the frames outside the state lock and publishing a whole
@@ -17,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::{interval, Instant, MissedTickBehavior};
 
 use crate::bodies::{self, Pools};
-use crate::state::{lock, Prepared, Shared};
+use crate::state::{lock, Fence, Prepared, Shared};
 use crate::topics::expand;
 
 /// Shortest tick: fine enough for smooth rates, coarse enough to batch.
@@ -35,8 +37,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rate_rx: watch::Receiver<f64>) 
         .flat_map(|t| expand(t).unwrap_or_default())
         .map(|t| Arc::from(t.as_str()))
         .collect();
-    let mut cache_version = u64::MAX;
+    // The candidates (subscribed or fixed topics) and those of them the
+    // directory lets fire, refreshed when either changes.
+    let mut sub_version = u64::MAX;
+    let mut dir_version = u64::MAX;
     let mut subscribed: Vec<Arc<str>> = Vec::new();
+    let mut topics: Vec<Arc<str>> = Vec::new();
     let mut frames = Frames::new(shared.config.body_reuse);
     loop {
         // Read together with the epoch: `set_rate` changes both under the
@@ -86,17 +92,32 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rate_rx: watch::Receiver<f64>) 
                 continue;
             }
             emitted += n;
-            let topics: &[Arc<str>] = if fixed.is_empty() {
+            let fence = {
                 let st = lock(&shared.state);
-                if st.sub_version != cache_version {
-                    cache_version = st.sub_version;
+                let mut stale = st.directory.version != dir_version;
+                if fixed.is_empty() && st.sub_version != sub_version {
+                    sub_version = st.sub_version;
                     subscribed = st.subscribed_topics();
                     subscribed.sort_unstable();
                     frames.kept.clear();
+                    stale = true;
                 }
-                &subscribed
-            } else {
-                &fixed
+                if stale {
+                    // One hash lookup per topic, only when something
+                    // changed: never a scan per event.
+                    dir_version = st.directory.version;
+                    let candidates = if fixed.is_empty() {
+                        &subscribed
+                    } else {
+                        &fixed
+                    };
+                    topics.clear();
+                    topics.extend(candidates.iter().filter(|t| st.directory.fires(t)).cloned());
+                }
+                Fence {
+                    rate_epoch: epoch,
+                    directory: dir_version,
+                }
             };
             if topics.is_empty() {
                 continue;
@@ -108,9 +129,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rate_rx: watch::Receiver<f64>) 
             while left > 0 {
                 let k = left.min(CHUNK);
                 left -= k;
-                let batch = frames.build(&shared, topics, k);
-                if shared.publish_prepared(batch, Some(epoch)).is_empty() {
-                    break; // the rate changed meanwhile
+                let batch = frames.build(&shared, &topics, k);
+                if shared.publish_prepared(batch, Some(fence)).is_empty() {
+                    break; // the rate or the directory changed meanwhile
                 }
                 tokio::task::yield_now().await;
             }

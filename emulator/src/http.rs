@@ -1,6 +1,7 @@
 //! The HTTP side of the emulated service: `POST /oauth/token`, the
-//! notification REST API under `/api/v2`, the socket route, and the
-//! middleware that records every request and injects planned failures.
+//! notification REST API under `/api/v2`, the directory listings (users,
+//! queues, queue members), the socket route, and the middleware that
+//! records every request and injects planned failures.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +47,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/api/v2/notifications/availabletopics",
             get(available_topics),
         )
+        .route("/api/v2/users", get(list_users))
+        .route("/api/v2/routing/queues", get(list_queues))
+        .route("/api/v2/routing/queues/{id}/members", get(list_members))
         .route("/channels/{id}", get(socket::upgrade))
         .nest("/_emulator", control::router())
         .fallback(not_found)
@@ -365,6 +369,31 @@ async fn available_topics(
         })
         .collect();
     Json(json!({ "entities": entities }))
+}
+
+async fn list_users(
+    State(shared): State<Arc<Shared>>,
+    _auth: Authed,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(lock(&shared.state).directory.users_page(&q)?))
+}
+
+async fn list_queues(
+    State(shared): State<Arc<Shared>>,
+    _auth: Authed,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(lock(&shared.state).directory.queues_page(&q)?))
+}
+
+async fn list_members(
+    State(shared): State<Arc<Shared>>,
+    _auth: Authed,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(lock(&shared.state).directory.members_page(&id, &q)?))
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! A local stand-in for the Genesys Cloud Notification API, for tests and
 //! demos: OAuth client credentials, the notification REST API (channels,
-//! subscriptions, available topics) and the channel WebSocket, on one base
-//! URL, with fault injection, an event generator and records of everything
-//! that happened.
+//! subscriptions, available topics), the directory a client lists to know
+//! what to subscribe (users, queues, queue members) and the channel
+//! WebSocket, on one base URL, with fault injection, an event generator and
+//! records of everything that happened.
 //!
 //! It is written from the contract (the shared `notification-api.md`) and
 //! the shapes of Genesys' own SDK models; it imports nothing from the bridge.
@@ -13,6 +14,8 @@
 //! - `emulator`: [`Emulator`], the handle tests use; starts the server,
 //!   the expiry reaper and the generator.
 //! - `http`: OAuth, the REST API, request recording and failure injection.
+//! - [`directory`]: users, queues and memberships; their listings and the
+//!   generator's existence check.
 //! - `socket`: the WebSocket upgrade and one task per socket.
 //! - `state`: tokens, channels, subscriptions, sockets, publishing and
 //!   coverage; every rule of the service lives here.
@@ -27,7 +30,9 @@
 //! `forbidden-`; an invalid topic name is a 400 with code
 //! `notification.invalid.topic`; every event body carries
 //! `eventBody.emulatorSequence` (from 1); malformed frames that look like
-//! notifications carry sequence 0 and are not events.
+//! notifications carry sequence 0 and are not events; a subscription to a
+//! topic naming a user or queue that does not exist is `Permitted` and
+//! simply never fires (our reading; unconfirmed).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -47,6 +52,7 @@ mod api_error;
 mod bodies;
 pub mod config;
 mod control;
+pub mod directory;
 mod emulator;
 pub mod faults;
 mod generator;
@@ -57,7 +63,10 @@ mod state;
 pub mod time;
 mod topics;
 
-pub use config::{Config, ConfigError, RecordMode};
+pub use config::{Config, ConfigError, Division, RecordMode};
+pub use directory::{
+    DirectoryError, DirectorySnapshot, NewQueue, NewUser, QueueInfo, UserInfo, UserState,
+};
 pub use emulator::Emulator;
 pub use faults::{Failure, Malformed, RequestKind, Target};
 pub use records::{

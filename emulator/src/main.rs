@@ -145,6 +145,7 @@ impl Args {
             org_id: defaults.org_id,
             user_ids: genesys_emulator::config::generated_ids(self.users),
             queue_ids: genesys_emulator::config::generated_ids(self.queues),
+            divisions: defaults.divisions,
             socket_queue_capacity: self.socket_queue,
             record_mode: if self.compact_records {
                 RecordMode::Compact

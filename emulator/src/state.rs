@@ -1,7 +1,8 @@
 //! The emulated service's state and every rule that changes it: tokens,
 //! channels (lifetime, the per-client limit, death), subscriptions (limits,
 //! forbidden and invalid topics, combined topics, exclusive mode), sockets
-//! attached to channels, publishing, and the per-topic coverage record.
+//! attached to channels, publishing, and the per-topic coverage record. It
+//! holds the directory (`directory.rs` has its rules).
 //!
 //! One mutex guards [`State`]; the event log has its own so that socket
 //! writers can record deliveries without touching the state. Lock order is
@@ -28,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api_error::ApiError;
 use crate::config::Config;
+use crate::directory::Directory;
 use crate::faults::{FailPlan, Malformed, Target};
 use crate::records::{
     ChannelInfo, DeathReason, DisconnectReason, EventLog, Gap, RequestLog, SocketRecord,
@@ -103,15 +105,15 @@ impl Shared {
     }
 
     /// Publishes prepared frames, all under one lock, and returns their
-    /// sequence numbers. With `epoch`, publishes nothing if the generator
-    /// rate changed since the batch was built.
+    /// sequence numbers. With `fence`, publishes nothing if the generator
+    /// rate or the directory changed since the batch was built.
     pub(crate) fn publish_prepared<P: Borrow<Prepared>>(
         &self,
         frames: Vec<P>,
-        epoch: Option<u64>,
+        fence: Option<Fence>,
     ) -> Vec<u64> {
         let mut st = lock(&self.state);
-        if epoch.is_some_and(|e| e != st.rate_epoch) {
+        if fence.is_some_and(|f| f != st.fence()) {
             return Vec::new();
         }
         let mut log = lock(&self.log);
@@ -160,6 +162,16 @@ impl Shared {
         }
         seqs
     }
+}
+
+/// What a generator batch was built for: the rate (its epoch) and the
+/// directory (its version). A batch whose fence no longer holds is not
+/// published, so no event is generated for a rate that was replaced or a
+/// user who was removed once the change returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fence {
+    pub rate_epoch: u64,
+    pub directory: u64,
 }
 
 /// A frame built outside the lock; only the sequence number is missing.
@@ -369,6 +381,9 @@ pub(crate) struct State {
     /// Bumped by every rate change; a generator batch built under an older
     /// epoch is discarded.
     pub rate_epoch: u64,
+    /// Users, queues and memberships; under this lock so that a change and
+    /// the generator's fence move together.
+    pub directory: Directory,
 }
 
 impl State {
@@ -378,6 +393,14 @@ impl State {
             next_token_id: 1,
             next_socket_id: 1,
             ..State::default()
+        }
+    }
+
+    /// The fence a generator batch built now must carry.
+    pub(crate) fn fence(&self) -> Fence {
+        Fence {
+            rate_epoch: self.rate_epoch,
+            directory: self.directory.version,
         }
     }
 
