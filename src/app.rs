@@ -5,18 +5,21 @@
 //! received is drained and flushed, within `shutdown_grace`.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::connection;
+use crate::directory::{Directory, Entities};
 use crate::pipeline::{self, dedup::Dedup, route};
 use crate::sink;
 
-/// The Kafka topics the configured Genesys topics map to, plus the gap topic.
+/// The Kafka topics the configured Genesys topics (and templates, whose
+/// topics all map alike) map to, plus the gap topic.
 pub fn kafka_topics(settings: &Settings) -> Vec<String> {
     let mut router = route::Router::new(
         &settings.kafka.topic_prefix,
@@ -26,7 +29,15 @@ pub fn kafka_topics(settings: &Settings) -> Vec<String> {
         .genesys
         .topics
         .iter()
-        .flat_map(|t| route::expand_combined(t))
+        .cloned()
+        .chain(
+            settings
+                .genesys
+                .templates
+                .iter()
+                .map(|t| t.expand("00000000-0000-0000-0000-000000000000")),
+        )
+        .flat_map(|t| route::expand_combined(&t))
         .map(|t| router.kafka_topic(&t).to_string())
         .collect();
     names.insert(router.gaps_topic().to_string());
@@ -72,14 +83,23 @@ pub async fn run(
         ),
     ));
 
+    // The topic set: the literal topics, and the templates' topics once
+    // the directory is listed (and every time it changes).
+    let api = connection::api(&settings);
+    let directory = Directory::new(&settings);
+    let (topics_tx, topics) = watch::channel(Arc::from(directory.expand(&Entities::default())));
+    if directory.needed() {
+        tasks.spawn(directory.run(api.clone(), topics_tx, shutdown.clone()));
+    }
     let supervisor = tasks.spawn({
         let settings = settings.clone();
         let shutdown = shutdown.clone();
-        async move { connection::run(&settings, inbound_tx, shutdown).await }
+        async move { connection::run(&settings, api, topics, inbound_tx, shutdown).await }
     });
     let g = &settings.genesys;
     tracing::info!(
         topics = g.topics.len(),
+        templates = g.templates.len(),
         redundancy = g.redundancy,
         sink = ?settings.pipeline.sink,
         "Bridge started."

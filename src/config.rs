@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backoff::Policy;
 use crate::genesys::region;
+use crate::genesys::topic::Template;
 use crate::genesys::{MAX_CHANNELS, MAX_TOPICS_PER_CHANNEL};
 pub use crate::secret::Secret;
 
@@ -35,6 +36,8 @@ pub struct FileConfig {
     pub pipeline: PipelineSection,
     pub admin: AdminSection,
     pub log: LogSection,
+    /// Where `{user}` and `{queue}` topic templates take their ids from.
+    pub directory: DirectorySection,
     /// How long shutdown may take to drain and flush (keep it below the pod's
     /// `terminationGracePeriodSeconds`).
     #[serde(with = "humantime_serde")]
@@ -56,7 +59,8 @@ pub struct GenesysSection {
     pub client_secret: Secret,
     /// A file holding the client secret (e.g. a mounted Kubernetes Secret).
     pub client_secret_file: Option<PathBuf>,
-    /// Topics to subscribe, e.g. `v2.users.<id>.presence`.
+    /// Topics to subscribe, e.g. `v2.users.<id>.presence`, or templates
+    /// such as `v2.users.{user}.presence` expanded from `[directory]`.
     pub topics: Vec<String>,
     /// A file with more topics, one per line (`#` starts a comment).
     pub topics_file: Option<PathBuf>,
@@ -282,6 +286,46 @@ impl Default for AdminSection {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct DirectorySection {
+    /// Users of this state: `active`, `inactive`, `deleted` or `any`.
+    pub users_state: String,
+    /// `all` (every user of that state) or `queue_members` (the members of
+    /// the selected queues).
+    pub users_from: UsersFrom,
+    /// Queues whose name matches (Genesys' `name` filter: `*` at either end).
+    pub queue_name: String,
+    /// Queues of these divisions only (empty: every division).
+    pub queue_division_ids: Vec<String>,
+    /// How often the directory is listed again.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// Entities per page of a listing (Genesys allows up to 500; queue
+    /// members are listed 100 a page, their maximum).
+    pub page_size: u32,
+}
+
+impl Default for DirectorySection {
+    fn default() -> Self {
+        Self {
+            users_state: "active".into(),
+            users_from: UsersFrom::All,
+            queue_name: String::new(),
+            queue_division_ids: Vec::new(),
+            refresh: Duration::from_secs(300),
+            page_size: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsersFrom {
+    All,
+    QueueMembers,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogSection {
     /// `json` for production, `pretty` for a terminal. The level comes from `RUST_LOG`.
     pub format: LogFormat,
@@ -312,6 +356,7 @@ impl Default for FileConfig {
             pipeline: PipelineSection::default(),
             admin: AdminSection::default(),
             log: LogSection::default(),
+            directory: DirectorySection::default(),
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -350,13 +395,19 @@ pub struct Settings {
     pub shutdown_grace: Duration,
 }
 
+/// The topics to subscribe: literal ones, and templates expanded from the
+/// directory.
 #[derive(Debug, Clone)]
 pub struct GenesysSettings {
     pub api_base_url: String,
     pub login_base_url: String,
     pub client_id: String,
     pub client_secret: Secret,
+    /// Literal topics.
     pub topics: Vec<String>,
+    /// `{user}` and `{queue}` templates: with none, no directory is listed.
+    pub templates: Vec<Template>,
+    pub directory: DirectorySection,
     pub ping_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub redundancy: usize,
@@ -555,7 +606,8 @@ pub fn validate(raw: FileConfig) -> Result<Settings, ConfigError> {
             "set GENESYS_CLIENT_SECRET or genesys.client_secret_file",
         ));
     }
-    let topics = topics(&g)?;
+    let (topics, templates) = topics(&g)?;
+    let directory = directory(raw.directory)?;
     if g.redundancy == 0 || g.redundancy > 2 {
         return Err(ConfigError::new(
             "genesys.redundancy",
@@ -678,6 +730,8 @@ pub fn validate(raw: FileConfig) -> Result<Settings, ConfigError> {
             client_id: g.client_id.trim().to_owned(),
             client_secret,
             topics,
+            templates,
+            directory,
             ping_interval: g.ping_interval,
             heartbeat_timeout: g.heartbeat_timeout,
             redundancy: g.redundancy,
@@ -764,7 +818,8 @@ fn base_urls(g: &GenesysSection) -> Result<(String, String), ConfigError> {
     ))
 }
 
-fn topics(g: &GenesysSection) -> Result<Vec<String>, ConfigError> {
+/// The configured topics, split into literal topics and templates.
+fn topics(g: &GenesysSection) -> Result<(Vec<String>, Vec<Template>), ConfigError> {
     let mut all: Vec<(String, &str)> = g
         .topics
         .iter()
@@ -787,9 +842,11 @@ fn topics(g: &GenesysSection) -> Result<Vec<String>, ConfigError> {
     }
     let mut seen = std::collections::HashSet::new();
     let mut topics = Vec::with_capacity(all.len());
+    let mut templates = Vec::new();
     for (topic, key) in all {
         if !topic.starts_with("v2.")
             || topic.len() >= 200
+            || topic.contains('}') && !topic.contains('{')
             || topic.chars().any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(ConfigError::new(
@@ -798,18 +855,68 @@ fn topics(g: &GenesysSection) -> Result<Vec<String>, ConfigError> {
                 "topics look like v2.users.<id>.presence (under 200 characters)",
             ));
         }
-        if seen.insert(topic.clone()) {
-            topics.push(topic);
+        let template = Template::parse(&topic).map_err(|problem| {
+            ConfigError::new(
+                key,
+                problem,
+                "templates look like v2.users.{user}.presence, \
+                 v2.users.{user}?presence&routingStatus or v2.routing.queues.{queue}.conversations",
+            )
+        })?;
+        if !seen.insert(topic.clone()) {
+            continue;
+        }
+        match template {
+            Some(template) => templates.push(template),
+            None => topics.push(topic),
         }
     }
-    if topics.is_empty() {
+    if topics.is_empty() && templates.is_empty() {
         return Err(ConfigError::new(
             "genesys.topics",
             "no topics",
             "list topics in genesys.topics or genesys.topics_file",
         ));
     }
-    Ok(topics)
+    Ok((topics, templates))
+}
+
+fn directory(d: DirectorySection) -> Result<DirectorySection, ConfigError> {
+    if !matches!(
+        d.users_state.as_str(),
+        "active" | "inactive" | "deleted" | "any"
+    ) {
+        return Err(ConfigError::new(
+            "directory.users_state",
+            format!("{:?} is not a user state", d.users_state),
+            "use active (the default), inactive, deleted or any",
+        ));
+    }
+    if d.refresh < Duration::from_secs(1) {
+        return Err(ConfigError::new(
+            "directory.refresh",
+            "shorter than 1s",
+            "list the directory every few minutes (default 5m); Genesys rate-limits REST calls",
+        ));
+    }
+    if !(1..=500).contains(&d.page_size) {
+        return Err(ConfigError::new(
+            "directory.page_size",
+            format!("{} is out of range", d.page_size),
+            "use 1 to 500 (Genesys' largest page; the default is 500)",
+        ));
+    }
+    if d.queue_division_ids
+        .iter()
+        .any(|id| id.trim().is_empty() || id.contains([',', '&', '?', '#', '/']))
+    {
+        return Err(ConfigError::new(
+            "directory.queue_division_ids",
+            "an id is empty or holds a URL delimiter",
+            "list division ids as Genesys shows them (UUIDs)",
+        ));
+    }
+    Ok(d)
 }
 
 fn is_kafka_name(name: &str) -> bool {

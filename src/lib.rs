@@ -31,6 +31,7 @@ pub mod config;
 pub mod connection;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod directory;
 pub mod event;
 pub mod genesys;
 pub mod pipeline;

@@ -26,7 +26,13 @@ async fn malformed_frames_are_counted_and_lose_nothing() {
     let cancel = CancellationToken::new();
     let manager = tokio::spawn({
         let cancel = cancel.clone();
-        async move { connection::run(&settings, tx, cancel).await }
+        async move {
+            {
+                let api = connection::api(&settings);
+                let topics = connection::fixed_topics(&settings);
+                connection::run(&settings, api, topics, tx, cancel).await
+            }
+        }
     });
     let out = Collected::spawn(rx);
     assert!(

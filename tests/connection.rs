@@ -28,7 +28,13 @@ impl Manager {
         let cancel = CancellationToken::new();
         let task = tokio::spawn({
             let cancel = cancel.clone();
-            async move { connection::run(&settings, tx, cancel).await }
+            async move {
+                {
+                    let api = connection::api(&settings);
+                    let topics = connection::fixed_topics(&settings);
+                    connection::run(&settings, api, topics, tx, cancel).await
+                }
+            }
         });
         Self {
             out: Collected::spawn(rx),

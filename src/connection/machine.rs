@@ -93,6 +93,12 @@ pub enum SessionEvent {
     Receiving(Subscription),
     /// The server announced the socket's end.
     Notice(Notice),
+    /// A receiving socket's channel took a new topic list (the shard's
+    /// topics changed): what Genesys answered.
+    Resubscribed {
+        accepted: usize,
+        rejected: Vec<(String, String)>,
+    },
     /// The session ended on its own.
     Ended(Ended),
     /// The session was stopped ([`Action::Stop`]) and has closed its socket.
@@ -111,6 +117,14 @@ pub struct Subscription {
     pub accepted: usize,
     /// Topics refused, with Genesys' reason.
     pub rejected: Vec<(String, String)>,
+}
+
+impl Subscription {
+    /// Genesys refused every topic (an empty list refuses nothing: a shard
+    /// whose topics all left the directory keeps its channel for new ones).
+    pub fn refused(&self) -> bool {
+        self.accepted == 0 && !self.rejected.is_empty()
+    }
 }
 
 /// Why a session ended.
@@ -156,6 +170,10 @@ pub enum Input {
     },
     /// Time passed: timers due at or before `now` fire.
     Tick,
+    /// The topic lists of every shard, after a change of the topic set:
+    /// the same shards first (a topic never moves between them), then any
+    /// new ones, which get sessions of their own.
+    Shards(Vec<Arc<[String]>>),
 }
 
 #[derive(Debug)]
@@ -300,9 +318,25 @@ struct ShardState {
     all_rejected: bool,
 }
 
+impl ShardState {
+    fn new(topics: Arc<[String]>) -> Self {
+        Self {
+            topics,
+            gap: None,
+            last_stop: None,
+            single_holder: false,
+            accepted: 0,
+            rejected: 0,
+            all_rejected: false,
+        }
+    }
+}
+
 /// The decisions of the connection manager for every shard.
 pub struct Machine {
     redundancy: usize,
+    max_channels: usize,
+    new_backoff: Box<dyn Fn() -> Backoff + Send>,
     spares: usize,
     shards: Vec<ShardState>,
     slots: Vec<SlotState>,
@@ -321,7 +355,7 @@ impl Machine {
         shards: Vec<Arc<[String]>>,
         redundancy: usize,
         max_channels: usize,
-        backoff: impl Fn() -> Backoff,
+        backoff: impl Fn() -> Backoff + Send + 'static,
     ) -> Self {
         let redundancy = redundancy.max(1);
         let slots: Vec<SlotState> = (0..shards.len() * redundancy)
@@ -333,20 +367,11 @@ impl Machine {
             .collect();
         Self {
             redundancy,
+            max_channels,
             spares: max_channels.saturating_sub(slots.len()).max(1),
-            shards: shards
-                .into_iter()
-                .map(|topics| ShardState {
-                    topics,
-                    gap: None,
-                    last_stop: None,
-                    single_holder: false,
-                    accepted: 0,
-                    rejected: 0,
-                    all_rejected: false,
-                })
-                .collect(),
+            shards: shards.into_iter().map(ShardState::new).collect(),
             slots,
+            new_backoff: Box::new(backoff),
             sessions: BTreeMap::new(),
             next_id: 0,
             token: None,
@@ -360,7 +385,44 @@ impl Machine {
         max_channels: usize,
         policy: &Policy,
     ) -> Self {
-        Self::new(shards, redundancy, max_channels, || Backoff::new(policy))
+        let policy = policy.clone();
+        Self::new(shards, redundancy, max_channels, move || {
+            Backoff::new(&policy)
+        })
+    }
+
+    /// New topic lists; shards beyond the current ones get slots and
+    /// sessions. Existing sessions learn their list from the supervisor and
+    /// report [`SessionEvent::Resubscribed`].
+    fn reshard(&mut self, shards: Vec<Arc<[String]>>, out: &mut Vec<Action>) {
+        let before = self.slots.len();
+        for (index, topics) in shards.into_iter().enumerate() {
+            match self.shards.get_mut(index) {
+                Some(shard) => shard.topics = topics,
+                None => {
+                    self.shards.push(ShardState::new(topics));
+                    for _ in 0..self.redundancy {
+                        self.slots.push(SlotState {
+                            shard: index,
+                            phase: Phase::Dormant,
+                            backoff: (self.new_backoff)(),
+                        });
+                    }
+                }
+            }
+        }
+        if self.slots.len() > before {
+            self.spares = self.max_channels.saturating_sub(self.slots.len()).max(1);
+            for slot in before..self.slots.len() {
+                let session = self.open(slot, Via::New, Duration::ZERO, out);
+                self.slots[slot].phase = Phase::Connecting { session };
+            }
+        }
+    }
+
+    /// The topics of `shard`, as the machine last heard them.
+    pub fn topics(&self, shard: usize) -> &Arc<[String]> {
+        &self.shards[shard].topics
     }
 
     /// Opens a session for every slot.
@@ -385,6 +447,7 @@ impl Machine {
                 }
             }
             Input::Tick => {}
+            Input::Shards(shards) => self.reshard(shards, &mut out),
         }
         self.fire_timers(now, &mut out);
         out
@@ -501,7 +564,9 @@ impl Machine {
                     Cause::Lost { reason, .. } => Some((ended.last_frame, reason)),
                     Cause::Setup(_) => None,
                 },
-                SessionEvent::Receiving(_) | SessionEvent::Notice(_) => return,
+                SessionEvent::Receiving(_)
+                | SessionEvent::Notice(_)
+                | SessionEvent::Resubscribed { .. } => return,
             };
             self.sessions.remove(&id);
             let since = blind_since.map(|(since, reason)| {
@@ -526,6 +591,23 @@ impl Machine {
         match event {
             SessionEvent::Receiving(subscription) => self.on_receiving(id, subscription, now, out),
             SessionEvent::Notice(notice) => self.on_notice(id, notice, now, out),
+            SessionEvent::Resubscribed { accepted, rejected } => {
+                let shard = self.slots[slot].shard;
+                let current = matches!(
+                    self.slots[slot].phase,
+                    Phase::Receiving { session } | Phase::Refused { session } if session == id
+                );
+                if current {
+                    let s = &mut self.shards[shard];
+                    s.accepted = accepted;
+                    s.rejected = rejected.len();
+                    out.push(Action::Report(Report::Subscribed {
+                        shard,
+                        accepted,
+                        rejected,
+                    }));
+                }
+            }
             SessionEvent::Ended(ended) => {
                 let covering = self
                     .sessions
@@ -542,13 +624,13 @@ impl Machine {
     }
 
     fn on_receiving(&mut self, id: SessionId, sub: Subscription, now: Now, out: &mut Vec<Action>) {
-        let accepted = sub.accepted;
+        let refused = sub.refused();
         let slot = self.sessions[&id].slot;
         let shard = self.slots[slot].shard;
         match self.slots[slot].phase.clone() {
             Phase::Connecting { session } if session == id => {
                 self.subscribed(id, sub, now, out);
-                if accepted == 0 {
+                if refused {
                     self.slots[slot].phase = Phase::Refused { session: id };
                 } else {
                     self.slots[slot].phase = Phase::Receiving { session: id };
@@ -568,7 +650,7 @@ impl Machine {
                 let old_covering = old
                     .and_then(|o| self.sessions.get(&o))
                     .is_some_and(|o| o.covering_since.is_some());
-                if accepted == 0 && old_covering {
+                if refused && old_covering {
                     // The new channel would receive nothing: keep the old.
                     out.push(Action::Report(Report::AllTopicsRejected { shard }));
                     self.stop(id, out);
@@ -579,12 +661,12 @@ impl Machine {
                 self.subscribed(id, sub, now, out);
                 // The new socket covers before the old one stops, so a
                 // planned move never opens a gap.
-                if accepted > 0 {
+                if !refused {
                     self.cover(id, now, out);
                 }
                 let promoted = self.sessions.get_mut(&id).expect("the standby is live");
                 let announced = promoted.announced.take();
-                self.slots[slot].phase = if accepted > 0 {
+                self.slots[slot].phase = if !refused {
                     Phase::Receiving { session: id }
                 } else {
                     Phase::Refused { session: id }
@@ -603,6 +685,7 @@ impl Machine {
 
     /// Bookkeeping of a subscription: counts, rejections, expiry timer.
     fn subscribed(&mut self, id: SessionId, sub: Subscription, now: Now, out: &mut Vec<Action>) {
+        let refused = sub.refused();
         let Subscription {
             channel,
             accepted,
@@ -613,13 +696,13 @@ impl Machine {
         let s = &mut self.shards[shard];
         s.accepted = accepted;
         s.rejected = rejected.len();
-        s.all_rejected = accepted == 0;
+        s.all_rejected = refused;
         out.push(Action::Report(Report::Subscribed {
             shard,
             accepted,
             rejected,
         }));
-        if accepted == 0 {
+        if refused {
             out.push(Action::Report(Report::AllTopicsRejected { shard }));
         }
         let state = self.sessions.get_mut(&id).expect("the session is live");
@@ -1187,6 +1270,7 @@ mod tests {
             expires: Some(now.wall + Duration::from_secs(expires_in.unwrap_or(86_400))),
             token_generation: generation,
             token_expires_at: now.at + Duration::from_secs(3600),
+            subscribed: Arc::from(Vec::new()),
         }
     }
 
@@ -1195,7 +1279,7 @@ mod tests {
             let topics = (0..shards)
                 .map(|s| Arc::from(vec![format!("v2.users.{s}.presence")]))
                 .collect();
-            let machine = Machine::new(topics, redundancy, MAX_CHANNELS, || {
+            let machine = Machine::new(topics, redundancy, MAX_CHANNELS, move || {
                 Backoff::new(&policy()).with_fixed_jitter(jitter)
             });
             let mut world = Self {
@@ -1248,6 +1332,7 @@ mod tests {
                         .collect(),
                     Input::Token { generation } => format!("token {generation}"),
                     Input::Tick => "tick".into(),
+                    Input::Shards(shards) => format!("{} shards", shards.len()),
                 };
                 eprintln!(
                     "t={:?} {what}",

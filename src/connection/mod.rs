@@ -10,12 +10,13 @@
 //! items.
 
 pub mod machine;
+pub mod plan;
 pub mod session;
 pub mod supervisor;
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -25,21 +26,39 @@ use crate::genesys::{self, api::Api};
 use crate::telemetry::events;
 use session::SessionContext;
 
-/// Runs the connection manager until `cancel`: tokens, channels, sockets.
-/// Returns once every socket is closed (and so `out` is no longer held).
-pub async fn run(settings: &Settings, out: mpsc::Sender<Inbound>, cancel: CancellationToken) {
-    let g = &settings.genesys;
+/// The REST API of `settings`' org, with its token source.
+pub fn api(settings: &Settings) -> Api {
     let http = genesys::http_client();
     let auth = token_source(settings, http.clone());
-    let refresher = tokio::spawn(auth.clone().run_refresher(cancel.clone()));
+    Api::new(http, &settings.genesys.api_base_url, auth)
+}
+
+/// The literal topics of `settings`, as a topic set that never changes
+/// (for a bridge, or a test, without a directory).
+pub fn fixed_topics(settings: &Settings) -> watch::Receiver<Arc<[String]>> {
+    watch::channel(Arc::from(settings.genesys.topics.clone())).1
+}
+
+/// Runs the connection manager until `cancel`: tokens, channels, sockets,
+/// following every change of the topic set `topics`. Returns once every
+/// socket is closed (and so `out` is no longer held).
+pub async fn run(
+    settings: &Settings,
+    api: Api,
+    topics: watch::Receiver<Arc<[String]>>,
+    out: mpsc::Sender<Inbound>,
+    cancel: CancellationToken,
+) {
+    let g = &settings.genesys;
+    let refresher = tokio::spawn(api.auth().clone().run_refresher(cancel.clone()));
     let ctx = SessionContext {
-        api: Api::new(http, &g.api_base_url, auth),
+        api,
         out,
         ping_interval: g.ping_interval,
         heartbeat_timeout: g.heartbeat_timeout,
         max_frame_bytes: g.max_frame_bytes,
     };
-    supervisor::run(ctx, &g.topics, g.redundancy, &settings.reconnect, cancel).await;
+    supervisor::run(ctx, topics, g.redundancy, &settings.reconnect, cancel).await;
     let _ = refresher.await;
 }
 

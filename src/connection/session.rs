@@ -5,11 +5,14 @@
 //! notifications until the socket ends or it is told to stop. It reports what
 //! happens to its slot ([`SessionEvent`]) and never decides policy itself.
 
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -17,9 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::machine::{Cause, Ended, Notice, SessionEvent, SessionId, Subscription, Via};
 use crate::event::{Inbound, Notification, Reason, Spans};
-use crate::genesys::api::{Api, ApiError, Channel};
+use crate::genesys::api::{Api, ApiError, Channel, ChannelId, ChannelTopic};
 use crate::genesys::frame::{self, Frame};
 use crate::telemetry::{events, metrics};
+use crate::timer::sleep_until_opt;
 
 const PING: &str = r#"{"message":"ping"}"#;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -40,7 +44,9 @@ pub struct SessionContext {
 pub struct SessionSpec {
     pub id: SessionId,
     pub shard: usize,
-    pub topics: Arc<[String]>,
+    /// The shard's topics, kept current by the supervisor: a receiving
+    /// session brings its channel in step with every change.
+    pub topics: watch::Receiver<Arc<[String]>>,
     pub via: Via,
     /// Wait this long first (backoff).
     pub delay: Duration,
@@ -84,7 +90,7 @@ async fn run_to_end(
                 ctx,
                 id: spec.id,
                 shard: spec.shard,
-                topics: &spec.topics,
+                topics: spec.topics,
                 channel,
                 reused,
                 reports,
@@ -121,7 +127,7 @@ struct Session<'a> {
     ctx: &'a SessionContext,
     id: SessionId,
     shard: usize,
-    topics: &'a Arc<[String]>,
+    topics: watch::Receiver<Arc<[String]>>,
     channel: Channel,
     reused: bool,
     reports: &'a Reports,
@@ -180,7 +186,7 @@ impl Session<'_> {
     }
 
     /// The socket loop, generic over the socket so it is testable without TCP.
-    async fn run<S>(self, mut socket: S, cancel: &CancellationToken) -> SessionEvent
+    async fn run<S>(mut self, mut socket: S, cancel: &CancellationToken) -> SessionEvent
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
@@ -191,16 +197,31 @@ impl Session<'_> {
         let mut last_frame = Instant::now();
         let mut last_frame_wall = SystemTime::now();
         let mut receiving_since: Option<(Instant, SystemTime)> = None;
-        // A reused channel keeps its subscriptions on the server; a new one
-        // is subscribed now, after its socket is open.
-        let mut subscribe = (!self.reused).then(|| {
-            let api = self.ctx.api.clone();
-            let id = channel_id.clone();
-            let topics = self.topics.clone();
-            Box::pin(async move { api.put_subscriptions(&id, &topics).await })
+        // A reused channel keeps its subscriptions on the server (brought in
+        // step if the shard's list changed meanwhile); a new one is
+        // subscribed now, after its socket is open.
+        let desired = self.topics.borrow_and_update().clone();
+        let in_step = self.reused && self.channel.subscribed == desired;
+        let mut subscribe = (!in_step).then(|| {
+            let from = if self.reused {
+                Some(self.channel.subscribed.clone())
+            } else {
+                None
+            };
+            update(
+                self.ctx.api.clone(),
+                channel_id.clone(),
+                from,
+                desired.clone(),
+            )
         });
         let mut subscribed: Option<(usize, Vec<(String, String)>)> =
-            self.reused.then(|| (self.topics.len(), Vec::new()));
+            in_step.then(|| (desired.len(), Vec::new()));
+        // A change of the shard's list while receiving: the call in flight,
+        // and when to try again after one failed.
+        let mut change: Option<Update> = None;
+        let mut retry_at: Option<Instant> = None;
+        let mut retry_wait = Duration::ZERO;
         let mut confirm_sent = false;
         let mut ping = tokio::time::interval_at(
             Instant::now() + self.ctx.ping_interval,
@@ -228,14 +249,9 @@ impl Session<'_> {
                         if subscribe.is_some() => {
                     subscribe = None;
                     match result {
-                        Ok(topics) => {
-                            let rejected: Vec<(String, String)> = topics
-                                .iter()
-                                .filter(|t| t.rejected())
-                                .map(|t| (t.id.clone(), t.rejection_reason.clone().unwrap_or_default()))
-                                .collect();
-                            let accepted = topics.len() - rejected.len();
-                            subscribed = Some((accepted, rejected));
+                        Ok((topics, reply)) => {
+                            self.channel.subscribed = topics;
+                            subscribed = Some(counts(&self.channel.subscribed, reply));
                         }
                         Err(e) => {
                             let _ = socket.close().await;
@@ -320,6 +336,32 @@ impl Session<'_> {
                         Frame::Invalid(why) => events::frame_invalid(&tag, why, text.len()),
                     }
                 }
+                result = async { change.as_mut().expect("guarded by the select condition").await },
+                        if change.is_some() => {
+                    change = None;
+                    match result {
+                        Ok((topics, reply)) => {
+                            (retry_at, retry_wait) = (None, Duration::ZERO);
+                            let (accepted, rejected) = counts(&topics, reply);
+                            events::subscription_changed(self.shard, &tag, self.channel.subscribed.len(), topics.len());
+                            self.channel.subscribed = topics;
+                            self.report(SessionEvent::Resubscribed { accepted, rejected });
+                        }
+                        Err(e) => {
+                            let wait = if retry_wait.is_zero() { CHANGE_RETRY_FIRST } else { (retry_wait * 2).min(CHANGE_RETRY_MAX) };
+                            retry_wait = e.retry_after().map_or(wait, |after| after.max(wait));
+                            events::subscription_change_failed(self.shard, &tag, &e, retry_wait);
+                            retry_at = Some(Instant::now() + retry_wait);
+                        }
+                    }
+                }
+                Ok(()) = self.topics.changed(), if change.is_none() && retry_at.is_none() && receiving_since.is_some() => {
+                    change = self.change(&channel_id);
+                }
+                () = sleep_until_opt(retry_at), if change.is_none() => {
+                    retry_at = None;
+                    change = self.change(&channel_id);
+                }
                 _ = ping.tick() => {
                     if let Err(e) = socket.send(Message::text(PING)).await {
                         break (Some(Reason::SocketError), describe(&e), SystemTime::now());
@@ -349,7 +391,74 @@ impl Session<'_> {
     }
 }
 
+/// A subscription call in flight: the list it sets, and Genesys' reply
+/// (`None` when there was nothing to change).
+type Update = Pin<
+    Box<dyn Future<Output = Result<(Arc<[String]>, Option<Vec<ChannelTopic>>), ApiError>> + Send>,
+>;
+
+/// The first wait after a failed change of a receiving channel's list, and the longest.
+const CHANGE_RETRY_FIRST: Duration = Duration::from_secs(2);
+const CHANGE_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Brings a channel from the list `from` (`None`: a new channel) to `to`
+/// touching as little as it can: topics only added are added (`POST`), so
+/// no subscription that stays is touched; a removal replaces the list
+/// (`PUT`) with what remains; no difference, no call.
+fn update(api: Api, channel: ChannelId, from: Option<Arc<[String]>>, to: Arc<[String]>) -> Update {
+    Box::pin(async move {
+        let Some(from) = from else {
+            let reply = api.put_subscriptions(&channel, &to).await?;
+            return Ok((to, Some(reply)));
+        };
+        let wanted: HashSet<&str> = to.iter().map(String::as_str).collect();
+        if from.iter().any(|t| !wanted.contains(t.as_str())) {
+            let reply = api.put_subscriptions(&channel, &to).await?;
+            return Ok((to, Some(reply)));
+        }
+        let had: HashSet<&str> = from.iter().map(String::as_str).collect();
+        let added: Vec<String> = to
+            .iter()
+            .filter(|t| !had.contains(t.as_str()))
+            .cloned()
+            .collect();
+        if added.is_empty() {
+            return Ok((to, None));
+        }
+        let reply = api.add_subscriptions(&channel, &added).await?;
+        Ok((to, Some(reply)))
+    })
+}
+
+/// Accepted and rejected topics of a subscription reply (no reply: the
+/// list as it was, all accepted).
+fn counts(topics: &[String], reply: Option<Vec<ChannelTopic>>) -> (usize, Vec<(String, String)>) {
+    let Some(reply) = reply else {
+        return (topics.len(), Vec::new());
+    };
+    let rejected: Vec<(String, String)> = reply
+        .iter()
+        .filter(|t| t.rejected())
+        .map(|t| (t.id.clone(), t.rejection_reason.clone().unwrap_or_default()))
+        .collect();
+    (reply.len() - rejected.len(), rejected)
+}
+
 impl Session<'_> {
+    /// The call that brings the channel to the shard's current list, if it
+    /// differs from what the channel holds.
+    fn change(&mut self, channel: &ChannelId) -> Option<Update> {
+        let desired = self.topics.borrow_and_update().clone();
+        (desired != self.channel.subscribed).then(|| {
+            update(
+                self.ctx.api.clone(),
+                channel.clone(),
+                Some(self.channel.subscribed.clone()),
+                desired,
+            )
+        })
+    }
+
     /// Hands one notification to the pipeline; false if the pipeline is gone.
     async fn forward(&self, notification: Notification) -> bool {
         events::event_received();
@@ -595,6 +704,7 @@ mod tests {
             expires: None,
             token_generation: 1,
             token_expires_at: Instant::now() + Duration::from_secs(3600),
+            subscribed: Arc::from(vec!["v2.users.u.presence".to_owned()]),
         };
         let (to_socket, incoming) = mpsc::unbounded_channel();
         let (outgoing, from_socket) = mpsc::unbounded_channel();
@@ -604,11 +714,12 @@ mod tests {
             let cancel = cancel.clone();
             async move {
                 let topics: Arc<[String]> = Arc::from(vec!["v2.users.u.presence".to_owned()]);
+                let (_keep, topics) = watch::channel(topics);
                 let session = Session {
                     ctx: &ctx,
                     id: 7,
                     shard: 0,
-                    topics: &topics,
+                    topics,
                     channel,
                     reused: true,
                     reports: &events_tx,

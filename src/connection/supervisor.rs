@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::machine::{Action, Coverage, Input, Machine, Now, Report, SessionEvent, SessionId};
+use super::plan::{replan, Plan};
 use super::session::{self, SessionContext, SessionSpec};
 use crate::backoff::Policy;
 use crate::event::Inbound;
@@ -23,25 +24,34 @@ use crate::timer::sleep_until_opt;
 /// How long a stopped session may take to close at shutdown.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Splits topics into shards of at most 1,000 (the per-channel limit).
-pub fn shards(topics: &[String]) -> Vec<Arc<[String]>> {
-    topics
-        .chunks(MAX_TOPICS_PER_CHANNEL)
-        .map(Arc::from)
-        .collect()
+/// The most shards `redundancy` allows: every slot holds a channel, and
+/// one channel stays spare for make-before-break moves.
+pub fn max_shards(redundancy: usize) -> usize {
+    (MAX_CHANNELS - 1) / redundancy.max(1)
 }
 
-/// Keeps every shard of `topics` covered until `cancel`; returns when all
-/// sockets are closed.
+/// Keeps every shard of the topic set covered until `cancel`, following
+/// every change of `topics` (a topic never moves between shards); returns
+/// when all sockets are closed.
 pub async fn run(
     ctx: SessionContext,
-    topics: &[String],
+    mut topics: watch::Receiver<Arc<[String]>>,
     redundancy: usize,
     backoff: &Policy,
     cancel: CancellationToken,
 ) {
-    let shards = shards(topics);
-    let machine = Machine::with_policy(shards.clone(), redundancy, MAX_CHANNELS, backoff);
+    let desired = topics.borrow_and_update().clone();
+    let plan = replan(
+        &[],
+        &desired,
+        MAX_TOPICS_PER_CHANNEL,
+        max_shards(redundancy),
+    );
+    events::topics_over_budget(
+        plan.unserved.len(),
+        max_shards(redundancy) * MAX_TOPICS_PER_CHANNEL,
+    );
+    let machine = Machine::with_policy(plan.shards.clone(), redundancy, MAX_CHANNELS, backoff);
     metrics()
         .health
         .shards_total
@@ -49,7 +59,14 @@ pub async fn run(
     let (events_tx, events) = mpsc::unbounded_channel();
     Supervisor {
         ctx,
-        shards,
+        shards: plan
+            .shards
+            .into_iter()
+            .map(|t| watch::channel(t).0)
+            .collect(),
+        unserved: plan.unserved.len(),
+        redundancy,
+        topics,
         machine,
         sessions: HashMap::new(),
         events_tx,
@@ -62,7 +79,13 @@ pub async fn run(
 
 struct Supervisor {
     ctx: SessionContext,
-    shards: Vec<Arc<[String]>>,
+    /// Each shard's topics, as its sessions follow them.
+    shards: Vec<watch::Sender<Arc<[String]>>>,
+    /// Topics of the set that fit in no shard.
+    unserved: usize,
+    redundancy: usize,
+    /// The whole topic set (the directory keeps it current).
+    topics: watch::Receiver<Arc<[String]>>,
     machine: Machine,
     /// Every session task still running.
     sessions: HashMap<SessionId, (CancellationToken, JoinHandle<()>)>,
@@ -101,6 +124,10 @@ impl Supervisor {
                     }
                 }
                 () = sleep_until_opt(self.machine.next_deadline()) => Input::Tick,
+                Ok(()) = self.topics.changed() => match self.reshard() {
+                    Some(shards) => Input::Shards(shards),
+                    None => continue,
+                },
             };
             let actions = self.machine.step(input, Now::current());
             self.execute(actions).await;
@@ -151,7 +178,7 @@ impl Supervisor {
                     let spec = SessionSpec {
                         id: session,
                         shard,
-                        topics: self.shards[shard].clone(),
+                        topics: self.shards[shard].subscribe(),
                         via,
                         delay,
                     };
@@ -189,6 +216,47 @@ impl Supervisor {
             }
         }
         self.publish_health();
+    }
+
+    /// Places a new topic set: the shards' lists change (their sessions
+    /// follow), new shards get channels. `None` when nothing changed.
+    fn reshard(&mut self) -> Option<Vec<Arc<[String]>>> {
+        let desired = self.topics.borrow_and_update().clone();
+        let current: Vec<Arc<[String]>> = self.shards.iter().map(|s| s.borrow().clone()).collect();
+        let max_shards = max_shards(self.redundancy);
+        let Plan {
+            shards,
+            changed,
+            added,
+            removed,
+            unserved,
+        } = replan(&current, &desired, MAX_TOPICS_PER_CHANNEL, max_shards);
+        if unserved.len() != self.unserved {
+            self.unserved = unserved.len();
+            events::topics_over_budget(self.unserved, max_shards * MAX_TOPICS_PER_CHANNEL);
+        }
+        if changed.is_empty() {
+            return None;
+        }
+        events::topics_changed(
+            desired.len() - unserved.len(),
+            added,
+            removed,
+            changed.len(),
+        );
+        for index in changed {
+            match self.shards.get(index) {
+                Some(sender) => {
+                    sender.send_replace(shards[index].clone());
+                }
+                None => self.shards.push(watch::channel(shards[index].clone()).0),
+            }
+        }
+        metrics()
+            .health
+            .shards_total
+            .store(shards.len() as i64, Ordering::Relaxed);
+        Some(shards)
     }
 
     fn report(&mut self, report: Report) {

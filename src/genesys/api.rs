@@ -136,6 +136,9 @@ pub struct Channel {
     pub token_generation: u64,
     /// When that token expires.
     pub token_expires_at: tokio::time::Instant,
+    /// The topics this process last subscribed it to: a session that
+    /// reconnects to it brings them in step with the shard's list.
+    pub subscribed: Arc<[String]>,
 }
 
 #[derive(Deserialize)]
@@ -219,6 +222,7 @@ impl Api {
             expires: reply.expires.as_deref().and_then(parse_time),
             token_generation: token.generation,
             token_expires_at: token.expires_at,
+            subscribed: Arc::from(Vec::new()),
         })
     }
 
@@ -243,6 +247,25 @@ impl Api {
         channel: &ChannelId,
         topics: &[String],
     ) -> Result<Vec<ChannelTopic>, ApiError> {
+        self.subscriptions(Method::PUT, channel, topics).await
+    }
+
+    /// `POST .../subscriptions?ignoreErrors=true`: adds topics, leaving the
+    /// channel's others untouched; the reply lists all of them.
+    pub async fn add_subscriptions(
+        &self,
+        channel: &ChannelId,
+        topics: &[String],
+    ) -> Result<Vec<ChannelTopic>, ApiError> {
+        self.subscriptions(Method::POST, channel, topics).await
+    }
+
+    async fn subscriptions(
+        &self,
+        method: Method,
+        channel: &ChannelId,
+        topics: &[String],
+    ) -> Result<Vec<ChannelTopic>, ApiError> {
         let url = format!(
             "{}/api/v2/notifications/channels/{}/subscriptions?ignoreErrors=true",
             self.base,
@@ -250,13 +273,29 @@ impl Api {
         );
         let body: Vec<TopicId<'_>> = topics.iter().map(|t| TopicId { id: t }).collect();
         let (response, _) = self
-            .send(|| self.http.request(Method::PUT, &url).json(&body))
+            .send(|| self.http.request(method.clone(), &url).json(&body))
             .await?;
         let reply: Entities<ChannelTopic> = response
             .json()
             .await
             .map_err(|e| ApiError::Decode(e.without_url().to_string()))?;
         Ok(reply.entities)
+    }
+
+    /// `GET {path}` with `query`, its JSON reply decoded.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, ApiError> {
+        let url = format!("{}{path}", self.base);
+        let (response, _) = self
+            .send(|| self.http.request(Method::GET, &url).query(query))
+            .await?;
+        response
+            .json()
+            .await
+            .map_err(|e| ApiError::Decode(e.without_url().to_string()))
     }
 
     /// `GET /api/v2/notifications/availabletopics`: the topic catalogue ids.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod directory;
 pub mod frame;
 pub mod region;
 pub mod topic;

@@ -115,6 +115,134 @@ pub fn is_uuid(segment: &str) -> bool {
         })
 }
 
+/// The kind of directory entity a topic template names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entity {
+    User,
+    Queue,
+}
+
+impl Entity {
+    pub const ALL: [Entity; 2] = [Entity::User, Entity::Queue];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::User => "user",
+            Entity::Queue => "queue",
+        }
+    }
+
+    fn placeholder(self) -> &'static str {
+        match self {
+            Entity::User => "{user}",
+            Entity::Queue => "{queue}",
+        }
+    }
+
+    /// Where the catalogue puts this entity's id: the prefixes before it.
+    fn prefixes(self) -> &'static [&'static str] {
+        match self {
+            Entity::User => &["v2.users."],
+            Entity::Queue => &["v2.routing.queues.", "v2.analytics.queues."],
+        }
+    }
+}
+
+/// A topic with one entity placeholder, such as `v2.users.{user}.presence`:
+/// one topic per entity the directory selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    entity: Entity,
+    /// The text before and after the placeholder.
+    before: String,
+    after: String,
+}
+
+impl Template {
+    /// Parses a configured topic: `Ok(None)` for a literal topic (no `{`),
+    /// `Ok(Some(..))` for a template, `Err` saying what is wrong otherwise.
+    pub fn parse(text: &str) -> Result<Option<Template>, String> {
+        let Some(open) = text.find('{') else {
+            return Ok(None);
+        };
+        let entity = Entity::ALL
+            .into_iter()
+            .find(|e| text[open..].starts_with(e.placeholder()))
+            .ok_or_else(|| {
+                let end = text[open..].find('}').map_or(text.len(), |i| open + i + 1);
+                format!(
+                    "{:?} in {text:?} is not a placeholder (use {{user}} or {{queue}})",
+                    &text[open..end]
+                )
+            })?;
+        let (before, after) = (&text[..open], &text[open + entity.placeholder().len()..]);
+        if after.contains(['{', '}']) || before.contains('}') {
+            return Err(format!("{text:?} has more than one placeholder"));
+        }
+        if !entity.prefixes().contains(&before) {
+            let shapes = entity
+                .prefixes()
+                .iter()
+                .map(|p| format!("{p}{}.<kind>", entity.placeholder()))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            return Err(format!(
+                "{text:?} does not match the topic catalogue: {} stands for an id in {shapes}",
+                entity.placeholder()
+            ));
+        }
+        let kinds_ok = match after.strip_prefix('?') {
+            // The combined form: `v2.users.{user}?presence&routingStatus`.
+            Some(kinds) => {
+                entity == Entity::User
+                    && kinds
+                        .split('&')
+                        .all(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric()))
+            }
+            None => after.strip_prefix('.').is_some_and(|kind| {
+                kind.split('.')
+                    .all(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric()))
+            }),
+        };
+        if !kinds_ok {
+            return Err(format!(
+                "{text:?} does not match the topic catalogue: after the id comes .<kind> \
+                 (e.g. .presence, .conversations.calls) or, for users, ?<kind>&<kind>"
+            ));
+        }
+        Ok(Some(Template {
+            entity,
+            before: before.to_owned(),
+            after: after.to_owned(),
+        }))
+    }
+
+    pub fn entity(&self) -> Entity {
+        self.entity
+    }
+
+    /// The topic of one entity.
+    pub fn expand(&self, id: &str) -> String {
+        let mut topic = String::with_capacity(self.before.len() + id.len() + self.after.len());
+        topic.push_str(&self.before);
+        topic.push_str(id);
+        topic.push_str(&self.after);
+        topic
+    }
+}
+
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}{}{}",
+            self.before,
+            self.entity.placeholder(),
+            self.after
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +370,38 @@ mod tests {
                 // The key is always a slice of the topic or of the body.
                 prop_assert!(topic.contains(id) || body.contains(id));
             }
+        }
+    }
+
+    #[test]
+    fn templates_name_an_entity_where_the_catalogue_has_its_id() {
+        for (text, entity) in [
+            ("v2.users.{user}.presence", Entity::User),
+            ("v2.users.{user}?presence&routingStatus", Entity::User),
+            ("v2.users.{user}.conversations.calls", Entity::User),
+            ("v2.routing.queues.{queue}.conversations", Entity::Queue),
+            ("v2.analytics.queues.{queue}.observations", Entity::Queue),
+        ] {
+            let t = Template::parse(text).expect(text).expect(text);
+            assert_eq!(t.entity(), entity);
+            assert_eq!(t.to_string(), text);
+            assert_eq!(t.expand(U), text.replace("{user}", U).replace("{queue}", U));
+        }
+        assert_eq!(Template::parse(&format!("v2.users.{U}.presence")), Ok(None));
+        for bad in [
+            "v2.users.{agent}.presence",
+            "v2.users.{user.presence",
+            "v2.users.{queue}.presence",
+            "v2.routing.queues.{user}.conversations",
+            "v2.users.{user}",
+            "v2.users.{user}.",
+            "v2.users.{user}..presence",
+            "v2.users.{user}.{user}.presence",
+            "v2.routing.queues.{queue}?conversations&users",
+            "v2.detail.events.conversation.{user}.acd.start",
+            "v2.users.x{user}.presence",
+        ] {
+            assert!(Template::parse(bad).is_err(), "{bad} accepted");
         }
     }
 }

@@ -184,3 +184,82 @@ pub fn delivery_error(topic: &str, error: &str) {
     metrics().kafka_delivery_errors.inc();
     warn!(topic, error, "Kafka delivery failed; retrying the event.");
 }
+
+pub fn subscription_changed(shard: usize, channel: &str, before: usize, after: usize) {
+    debug!(shard, channel, before, after, "Channel's topics changed.");
+}
+
+pub fn subscription_change_failed(
+    shard: usize,
+    channel: &str,
+    error: &dyn std::fmt::Display,
+    retry_in: Duration,
+) {
+    warn!(
+        shard,
+        channel,
+        error = %error,
+        retry_in_secs = retry_in.as_secs_f64(),
+        "Could not change a channel's topics; it keeps its current ones and will retry."
+    );
+}
+
+pub fn directory_listed(users: usize, queues: usize, requests: u32, took: Duration) {
+    let m = metrics();
+    m.directory_refreshes.with_label_values(&["ok"]).inc();
+    m.directory_entities
+        .with_label_values(&["user"])
+        .set(users as i64);
+    m.directory_entities
+        .with_label_values(&["queue"])
+        .set(queues as i64);
+    debug!(
+        users,
+        queues,
+        requests,
+        took_secs = took.as_secs_f64(),
+        "Directory listed."
+    );
+}
+
+pub fn directory_failed(error: &dyn std::fmt::Display, rate_limited: bool, retry_in: Duration) {
+    let result = if rate_limited {
+        "rate_limited"
+    } else {
+        "error"
+    };
+    metrics()
+        .directory_refreshes
+        .with_label_values(&[result])
+        .inc();
+    warn!(
+        error = %error,
+        retry_in_secs = retry_in.as_secs_f64(),
+        "Directory listing failed; keeping the last good topic set."
+    );
+}
+
+pub fn topics_changed(total: usize, added: usize, removed: usize, shards_changed: usize) {
+    info!(
+        total,
+        added, removed, shards_changed, "Topic set changed; applying it shard by shard."
+    );
+}
+
+/// `unserved` topics fit in no channel of the budget (0: all fit again).
+pub fn topics_over_budget(unserved: usize, capacity: usize) {
+    let m = metrics();
+    m.topics_unserved.set(unserved as i64);
+    m.health
+        .topics_unserved
+        .store(unserved as i64, std::sync::atomic::Ordering::Relaxed);
+    if unserved > 0 {
+        error!(
+            unserved,
+            capacity,
+            "The directory needs more topics than Genesys' channel budget holds; serving the first \
+             ones. Narrow the directory (queue_name, queue_division_ids, users_from) or use \
+             combined topics (v2.users.{{user}}?presence&routingStatus)."
+        );
+    }
+}

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub kafka_delivery_errors: IntCounter,
     pub buffered_events: IntGauge,
     pub build_info: IntGaugeVec,
+    pub directory_entities: IntGaugeVec,
+    pub directory_refreshes: IntCounterVec,
+    pub topics_unserved: IntGauge,
     /// Scrape-time gauges read from [`Health`]: what `/readyz` knows, as
     /// numbers an alert can rest on.
     ready: IntGauge,
@@ -72,6 +75,10 @@ impl DropReason {
 pub const GAP_KINDS: [&str; 2] = ["planned", "unplanned"];
 /// The results of `token_refreshes_total{result}`.
 pub const TOKEN_RESULTS: [&str; 3] = ["ok", "rejected", "error"];
+/// The kinds of `directory_entities{kind}`.
+pub const DIRECTORY_KINDS: [&str; 2] = ["user", "queue"];
+/// The results of `directory_refreshes_total{result}`.
+pub const DIRECTORY_RESULTS: [&str; 3] = ["ok", "error", "rate_limited"];
 /// The states of `shards{state}`: each shard is in exactly one.
 pub const SHARD_STATES: [&str; 3] = ["receiving", "blind", "rejected"];
 
@@ -85,6 +92,8 @@ pub struct Health {
     pub kafka_reachable: AtomicBool,
     /// Set when the sink needs no broker (stdout).
     pub kafka_not_needed: AtomicBool,
+    /// Topics of the directory that fit in no channel of the budget.
+    pub topics_unserved: AtomicI64,
     /// The start of each open gap, by shard.
     open_gaps: Mutex<BTreeMap<usize, SystemTime>>,
 }
@@ -111,6 +120,14 @@ impl Health {
         }
         if !kafka {
             missing.push("kafka not reachable".to_owned());
+        }
+        let unserved = self.topics_unserved.load(Ordering::Relaxed);
+        if unserved > 0 {
+            missing.push(format!(
+                "{unserved} topics not subscribed: the directory needs more than Genesys' \
+                 {} channels (see genesys_bridge_topics_unserved)",
+                crate::genesys::MAX_CHANNELS
+            ));
         }
         (!missing.is_empty()).then(|| missing.join("; "))
     }
@@ -273,6 +290,22 @@ impl Metrics {
                 Opts::new("genesys_bridge_build_info", "Build information; always 1."),
                 &["version"],
             )?,
+            directory_entities: IntGaugeVec::new(
+                Opts::new(
+                    "genesys_bridge_directory_entities",
+                    "Entities of the last good directory listing, by kind (user, queue).",
+                ),
+                &["kind"],
+            )?,
+            directory_refreshes: counter_vec(
+                "genesys_bridge_directory_refreshes_total",
+                "Directory listings, by result (ok, error, rate_limited).",
+                "result",
+            )?,
+            topics_unserved: IntGauge::new(
+                "genesys_bridge_topics_unserved",
+                "Topics of the directory not subscribed because they exceed the channel budget.",
+            )?,
             ready: IntGauge::new(
                 "genesys_bridge_ready",
                 "1 when /readyz answers 200 (every shard receiving, Kafka reachable), else 0.",
@@ -311,6 +344,9 @@ impl Metrics {
         r.register(Box::new(m.kafka_delivery_errors.clone()))?;
         r.register(Box::new(m.buffered_events.clone()))?;
         r.register(Box::new(m.build_info.clone()))?;
+        r.register(Box::new(m.directory_entities.clone()))?;
+        r.register(Box::new(m.directory_refreshes.clone()))?;
+        r.register(Box::new(m.topics_unserved.clone()))?;
         r.register(Box::new(m.ready.clone()))?;
         r.register(Box::new(m.shards.clone()))?;
         r.register(Box::new(m.gap_open_seconds.clone()))?;
@@ -323,6 +359,12 @@ impl Metrics {
         // first increment and an alert on a series sees it before then.
         for reason in Reason::ALL {
             m.reconnects.with_label_values(&[reason.as_str()]);
+        }
+        for kind in DIRECTORY_KINDS {
+            m.directory_entities.with_label_values(&[kind]);
+        }
+        for result in DIRECTORY_RESULTS {
+            m.directory_refreshes.with_label_values(&[result]);
         }
         for reason in DropReason::ALL {
             m.events_dropped.with_label_values(&[reason.as_str()]);
