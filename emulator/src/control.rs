@@ -5,20 +5,25 @@
 //! A fault body names one channel with `{"channel": "<id>"}`; without it the
 //! fault hits every socket (or every live channel). Replies say how many
 //! were hit: `{"affected": n}`.
+//!
+//! Directory changes answer `{"id"}` (adds), `{"ids"}` (bulk add) or 204;
+//! an unknown user or queue is a 404, a taken id a 409, anything else
+//! wrong a 400, each with `{"message"}`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::RecordMode;
+use crate::directory::{DirectoryError, NewQueue, NewUser, UserState};
 use crate::emulator::Emulator;
 use crate::faults::{Failure, Malformed, RequestKind, Target};
 use crate::state::Shared;
@@ -46,6 +51,14 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/faults/revoke-tokens", post(revoke))
         .route("/faults/fail-next", post(fail_next).delete(clear_failures))
         .route("/faults/malformed", post(malformed))
+        .route("/directory", get(directory))
+        .route("/directory/users", post(add_user))
+        .route("/directory/users/bulk", post(add_users))
+        .route("/directory/users/{id}", delete(remove_user))
+        .route("/directory/users/{id}/state", put(set_user_state))
+        .route("/directory/queues", post(add_queue))
+        .route("/directory/queues/{id}", delete(remove_queue))
+        .route("/directory/queues/{id}/members", put(set_queue_members))
 }
 
 fn emu(shared: Arc<Shared>) -> Emulator {
@@ -322,6 +335,8 @@ struct FailBody {
     /// 429 (with `retryAfter`) or a 5xx.
     status: u16,
     retry_after: Option<u64>,
+    /// Matching requests that pass before the failures start.
+    skip: Option<u32>,
 }
 
 async fn fail_next(State(s): State<Arc<Shared>>, body: String) -> Response {
@@ -336,7 +351,7 @@ async fn fail_next(State(s): State<Arc<Shared>>, body: String) -> Response {
         500..=599 => Failure::Status { status: b.status },
         other => return bad(format!("status must be 429 or 5xx, got {other}")),
     };
-    emu(s).fail_next(b.kind, b.count, failure);
+    emu(s).fail_after(b.kind, b.skip.unwrap_or(0), b.count, failure);
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -363,4 +378,156 @@ async fn malformed(State(s): State<Arc<Shared>>, body: String) -> Response {
         None => Target::All,
     };
     affected(emu(s).send_malformed(target, b.malformed))
+}
+
+/// A directory change's refusal: 404 for an unknown user or queue, 409 for
+/// a taken id, 400 otherwise.
+fn refused(e: DirectoryError) -> Response {
+    let status = match e {
+        DirectoryError::UnknownUser(_) | DirectoryError::UnknownQueue(_) => StatusCode::NOT_FOUND,
+        DirectoryError::DuplicateId(_) => StatusCode::CONFLICT,
+        DirectoryError::UnknownDivision(_) | DirectoryError::BadId(_) => StatusCode::BAD_REQUEST,
+    };
+    (status, Json(json!({ "message": e.to_string() }))).into_response()
+}
+
+/// Parses a JSON body; an empty body is the type's default.
+fn body_or_default<T: for<'de> Deserialize<'de> + Default>(
+    body: &str,
+    what: &str,
+) -> Result<T, String> {
+    if body.trim().is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_str(body).map_err(|e| format!("bad {what} body: {e}"))
+}
+
+fn done(r: Result<(), DirectoryError>) -> Response {
+    match r {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn directory(State(s): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!(emu(s).directory()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UserBody {
+    id: Option<String>,
+    name: Option<String>,
+    email: Option<String>,
+    division_id: Option<String>,
+    state: Option<UserState>,
+    #[serde(default)]
+    queues: Vec<String>,
+}
+
+async fn add_user(State(s): State<Arc<Shared>>, body: String) -> Response {
+    let b: UserBody = match body_or_default(&body, "user") {
+        Ok(b) => b,
+        Err(m) => return bad(m),
+    };
+    let new = NewUser {
+        id: b.id,
+        name: b.name,
+        email: b.email,
+        division_id: b.division_id,
+        state: b.state.unwrap_or_default(),
+        queues: b.queues,
+    };
+    match emu(s).add_user(new) {
+        Ok(id) => Json(json!({ "id": id })).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    count: usize,
+}
+
+/// At most this many users per bulk request.
+const MAX_BULK: usize = 100_000;
+
+async fn add_users(State(s): State<Arc<Shared>>, body: String) -> Response {
+    match serde_json::from_str::<BulkBody>(&body) {
+        Ok(b) if b.count <= MAX_BULK => {
+            Json(json!({ "ids": emu(s).add_users(b.count) })).into_response()
+        }
+        Ok(_) => bad(format!("count must be at most {MAX_BULK}")),
+        Err(e) => bad(format!("bad bulk body: {e}")),
+    }
+}
+
+async fn remove_user(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    done(emu(s).remove_user(&id))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateBody {
+    state: UserState,
+}
+
+async fn set_user_state(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: String,
+) -> Response {
+    match serde_json::from_str::<StateBody>(&body) {
+        Ok(b) => done(emu(s).set_user_state(&id, b.state)),
+        Err(e) => bad(format!("bad state body: {e}")),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct QueueBody {
+    id: Option<String>,
+    name: Option<String>,
+    division_id: Option<String>,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+async fn add_queue(State(s): State<Arc<Shared>>, body: String) -> Response {
+    let b: QueueBody = match body_or_default(&body, "queue") {
+        Ok(b) => b,
+        Err(m) => return bad(m),
+    };
+    let new = NewQueue {
+        id: b.id,
+        name: b.name,
+        division_id: b.division_id,
+        members: b.members,
+    };
+    match emu(s).add_queue(new) {
+        Ok(id) => Json(json!({ "id": id })).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn remove_queue(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    done(emu(s).remove_queue(&id))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembersBody {
+    members: Vec<String>,
+}
+
+async fn set_queue_members(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: String,
+) -> Response {
+    match serde_json::from_str::<MembersBody>(&body) {
+        Ok(b) => done(emu(s).set_queue_members(&id, &b.members)),
+        Err(e) => bad(format!("bad members body: {e}")),
+    }
 }
