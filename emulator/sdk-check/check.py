@@ -5,8 +5,9 @@
 Usage: check.py BASE_URL   (an emulator started with --exclusive-subscriptions)
 
 It logs in with client credentials, drives the notification API through the
-SDK (channels, subscriptions, availabletopics), then checks sample event
-bodies and real socket frames against the SDK models. The SDK's own
+SDK (channels, subscriptions, availabletopics) and the directory (users,
+queues, queue members, walking every page), then checks sample event bodies
+and real socket frames against the SDK models. The SDK's own
 deserializer is lenient (unknown fields are dropped, bad enum values become
 "outdated_sdk_version"), so every reply is also checked strictly: each JSON
 field must be a field of the model, with the model's type, recursively, and
@@ -78,6 +79,15 @@ REQUIRED = {
     "ChannelTopic": ["id", "state"],
     "ErrorBody": ["message", "code", "status"],
     "SystemMessageSystemMessage": ["channelId", "message"],
+    "UserEntityListing": ["entities", "pageSize", "pageNumber", "total", "pageCount",
+                          "firstUri", "selfUri", "lastUri"],
+    "QueueEntityListing": ["entities", "pageSize", "pageNumber", "total", "pageCount",
+                           "firstUri", "selfUri", "lastUri"],
+    "QueueMemberEntityListing": ["entities", "pageSize", "pageNumber", "firstUri", "selfUri"],
+    "User": ["id", "name", "state", "division", "selfUri"],
+    "Queue": ["id", "name", "division", "memberCount", "dateCreated", "selfUri"],
+    "QueueMember": ["id", "name", "user", "memberBy", "joined", "selfUri"],
+    "Division": ["id", "name"],
 }
 for _m in BODY_MODELS.values():
     if "DetailEventTopic" in _m:
@@ -213,6 +223,95 @@ def last_json(client):
     return json.loads(client.last_response.data)
 
 
+def walk(client, call, model, what, **kwargs):
+    """Calls a paged SDK method from page 1, following nextUri; checks every
+    page strictly and its links. Returns the entities' JSON, in order."""
+    entities = []
+    page = 1
+    while True:
+        call(page_number=page, **kwargs)
+        data = last_json(client)
+        sdk_deserialize(client, model, data, f"{what} page {page}")
+        ok(data.get("pageNumber") == page, f"{what} page {page}: pageNumber")
+        ok(("previousUri" in data) == (page > 1), f"{what} page {page}: previousUri only after page 1")
+        entities.extend(data.get("entities", []))
+        nxt = data.get("nextUri")
+        if not nxt:
+            break
+        ok(f"pageNumber={page + 1}" in nxt, f"{what} page {page}: nextUri names the next page")
+        page += 1
+        if page > 500:
+            ok(False, f"{what}: nextUri never ends")
+            break
+    if "total" in data:
+        ok(data["total"] == len(entities), f"{what}: total {data['total']} == {len(entities)} walked")
+        ok(data["pageCount"] == page or (data["total"] == 0 and page == 1),
+           f"{what}: pageCount {data['pageCount']} == {page} pages")
+    ids = [e.get("id") for e in entities]
+    ok(len(ids) == len(set(ids)), f"{what}: no entity twice")
+    return entities
+
+
+def check_directory(client, base):
+    users_api = gc.UsersApi(client)
+    routing = gc.RoutingApi(client)
+    # A few users in the other states, through the control API.
+    inactive = control(base, "POST", "/directory/users", {"state": "inactive"})["id"]
+    deleted = control(base, "POST", "/directory/users", {"state": "deleted"})["id"]
+    directory = control(base, "GET", "/directory")
+    by_state = {}
+    for u in directory["users"]:
+        by_state.setdefault(u["state"], []).append(u["id"])
+
+    for state in ("active", "inactive", "deleted", "any"):
+        got = walk(client, users_api.get_users, "UserEntityListing", f"GET users state={state}",
+                   page_size=7, state=state)
+        want = [u["id"] for u in directory["users"]] if state == "any" else by_state.get(state, [])
+        ok([u["id"] for u in got] == want, f"GET users state={state}: every user, in creation order")
+        if state != "any":
+            ok(all(u["state"] == state for u in got), f"GET users state={state}: states")
+    ok(inactive in by_state.get("inactive", []) and deleted in by_state.get("deleted", []),
+       "control API users have their states")
+    try:
+        users_api.get_users(page_size=501)
+        ok(False, "GET users pageSize=501 must fail")
+    except ApiException as e:
+        ok(e.status == 400, f"GET users pageSize=501: status {e.status}")
+        sdk_deserialize(client, "ErrorBody", json.loads(e.body), "400 ErrorBody")
+
+    queues = walk(client, routing.get_routing_queues, "QueueEntityListing", "GET queues", page_size=4)
+    ok(sorted(q["id"] for q in queues) == sorted(q["id"] for q in directory["queues"]),
+       "GET queues lists every queue")
+    names = [q["name"] for q in queues]
+    ok(names == sorted(names, key=str.lower), "GET queues sorted by name")
+    divisions = [d["id"] for d in directory["divisions"]]
+    some = walk(client, routing.get_routing_queues, "QueueEntityListing", "GET queues name=s*",
+                page_size=2, name="s*", division_id=divisions[:1])
+    want = sorted(q["name"] for q in directory["queues"]
+                  if q["name"].lower().startswith("s") and q["divisionId"] == divisions[0])
+    ok(sorted(q["name"] for q in some) == want, f"GET queues name=s* divisionId: {want}")
+    ok(all(q["division"]["id"] == divisions[0] for q in some), "GET queues divisionId filter")
+    both = walk(client, routing.get_routing_queues, "QueueEntityListing", "GET queues 2 divisions",
+                page_size=25, division_id=divisions)
+    ok(len(both) == len(directory["queues"]), "GET queues with every division lists every queue")
+
+    active = set(by_state.get("active", []))
+    for q in directory["queues"][:3]:
+        members = walk(client, routing.get_routing_queue_members, "QueueMemberEntityListing",
+                       f"GET members {q['name']}", queue_id=q["id"], page_size=3)
+        want = sorted(m for m in q["members"] if m in active)
+        ok(sorted(m["id"] for m in members) == want, f"GET members {q['name']}: active members")
+        ok(all(m["user"]["id"] == m["id"] for m in members), f"GET members {q['name']}: user is the member")
+        count = next(x for x in queues if x["id"] == q["id"])["memberCount"]
+        ok(count == len(want), f"{q['name']}: memberCount {count} == {len(want)}")
+    try:
+        routing.get_routing_queue_members("no-such-queue")
+        ok(False, "GET members of an unknown queue must fail")
+    except ApiException as e:
+        ok(e.status == 404, f"GET members of an unknown queue: status {e.status}")
+        sdk_deserialize(client, "ErrorBody", json.loads(e.body), "404 ErrorBody")
+
+
 def main():
     base = sys.argv[1].rstrip("/")
     ids = control(base, "GET", "/ids")
@@ -299,6 +398,9 @@ def main():
     ok(pres is not None and pres.description and pres.transports and pres.topic_parameters == ["id"],
        "expanded presence entry has description, transports, topicParameters")
     ok(pres is not None and isinstance(pres.schema, dict), "expanded entry has a schema")
+
+    # ---- directory -----------------------------------------------------------------
+    check_directory(client, base)
 
     # ---- sample bodies (control endpoint) ------------------------------------------
     def topic_for(template):
