@@ -602,7 +602,16 @@ impl Directory {
     }
 
     fn queue_json(&self, q: &Queue) -> Value {
-        let members = self.listed_members(q).len();
+        // The members the members endpoint lists, counted without sorting.
+        let members = q
+            .members
+            .iter()
+            .filter(|m| {
+                self.users
+                    .get(m)
+                    .is_some_and(|u| u.state == UserState::Active)
+            })
+            .count();
         json!({
             "id": q.id,
             "name": q.name,
