@@ -3,6 +3,7 @@
 // One `unsafe` call, allowed where it is made: glibc's `mallopt` (below).
 #![deny(unsafe_code)]
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,8 +34,14 @@ enum Command {
     Run,
     /// Validate the configuration and print it, secrets masked.
     CheckConfig,
-    /// List the notification topics the org offers (the API's catalogue).
-    Topics,
+    /// List the notification topics the org offers (the API's catalogue),
+    /// or, with --expand, the topics this configuration subscribes.
+    Topics {
+        /// Print the configured topics with every template expanded from the
+        /// live directory, one a line, and exit.
+        #[arg(long)]
+        expand: bool,
+    },
     /// Run the bridge against an embedded Genesys emulator (no credentials
     /// needed), injecting a socket_closing, an abrupt drop and a token
     /// expiry, and print what was lost (nothing, we hope).
@@ -97,7 +104,8 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Topics => runtime().block_on(topics(settings)),
+        Command::Topics { expand: false } => runtime().block_on(topics(settings)),
+        Command::Topics { expand: true } => runtime().block_on(expanded_topics(settings)),
         Command::Run => runtime().block_on(run(settings)),
         #[cfg(feature = "demo")]
         Command::Demo { .. } => unreachable!("handled before the config is read"),
@@ -204,6 +212,38 @@ async fn topics(settings: config::Settings) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The configured topics, templates expanded from the live directory.
+async fn expanded_topics(settings: config::Settings) -> ExitCode {
+    telemetry::init_logging(settings.log_format, "warn");
+    let api = genesys_kafka_bridge::connection::api(&settings);
+    let directory = genesys_kafka_bridge::directory::Directory::new(&settings);
+    let entities = if directory.needed() {
+        match directory.list(&api).await {
+            Ok((entities, _)) => entities,
+            Err(e) => {
+                eprintln!("error: listing the directory: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        Default::default()
+    };
+    let topics = directory.expand(&entities);
+    let mut out = std::io::stdout().lock();
+    for topic in &topics {
+        if writeln!(out, "{topic}").is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+    eprintln!(
+        "{} topics ({} users, {} queues)",
+        topics.len(),
+        entities.users.len(),
+        entities.queues.len()
+    );
+    ExitCode::SUCCESS
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C starts the graceful shutdown.

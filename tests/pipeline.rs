@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use genesys_emulator::{Emulator, Target};
-use genesys_kafka_bridge::config::{FileConfig, Settings, SinkKind};
 use genesys_kafka_bridge::telemetry::metrics;
 use genesys_kafka_bridge::{app, genesys::topic::is_uuid};
 use rdkafka::message::OwnedMessage;
@@ -18,57 +17,6 @@ use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use common::*;
-
-const PARTITIONS: i32 = 3;
-
-fn kafka_settings(
-    emu: &Emulator,
-    topics: &[String],
-    brokers: &str,
-    prefix: &str,
-    tweak: impl FnOnce(&mut FileConfig),
-) -> Settings {
-    settings(emu, topics, |raw| {
-        raw.pipeline.sink = SinkKind::Kafka;
-        raw.kafka.brokers = brokers.into();
-        raw.kafka.topic_prefix = prefix.into();
-        raw.kafka.create_topics = true;
-        raw.kafka.partitions = PARTITIONS;
-        raw.kafka.replication_factor = 1;
-        raw.kafka.properties.insert("linger.ms".into(), "2".into());
-        tweak(raw);
-    })
-}
-
-struct Bridge {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    topics: Vec<String>,
-    stopped_at: Option<SystemTime>,
-}
-
-impl Bridge {
-    fn start(settings: Settings) -> Self {
-        let topics = app::kafka_topics(&settings);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app::run(settings, None, shutdown.clone()));
-        Self {
-            shutdown,
-            task,
-            topics,
-            stopped_at: None,
-        }
-    }
-
-    async fn stop(&mut self) {
-        self.stopped_at = Some(SystemTime::now());
-        self.shutdown.cancel();
-        (&mut self.task)
-            .await
-            .expect("bridge task")
-            .expect("bridge ran cleanly");
-    }
-}
 
 async fn covered(emu: &Emulator, topics: &[String]) {
     assert!(

@@ -360,8 +360,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use genesys_emulator::{Config as EmuConfig, Emulator};
+use genesys_kafka_bridge::app;
 use genesys_kafka_bridge::config::{self, FileConfig, Secret, Settings, SinkKind};
 use genesys_kafka_bridge::event::{Gap, Inbound};
+use tokio_util::sync::CancellationToken;
 
 pub async fn emulator(config: EmuConfig) -> Emulator {
     Emulator::start(config, "127.0.0.1:0".parse().expect("addr"))
@@ -757,4 +759,58 @@ pub fn lost_and_duplicated_by_n(messages: &[OwnedMessage], total: usize) -> (usi
         seen.iter().filter(|c| **c == 0).count(),
         seen.iter().filter(|c| **c > 1).count(),
     )
+}
+
+pub const PARTITIONS: i32 = 3;
+
+/// Settings of a whole bridge publishing to Kafka at `brokers`, under
+/// `prefix`, with [`PARTITIONS`] partitions a topic.
+pub fn kafka_settings(
+    emu: &Emulator,
+    topics: &[String],
+    brokers: &str,
+    prefix: &str,
+    tweak: impl FnOnce(&mut FileConfig),
+) -> Settings {
+    settings(emu, topics, |raw| {
+        raw.pipeline.sink = SinkKind::Kafka;
+        raw.kafka.brokers = brokers.into();
+        raw.kafka.topic_prefix = prefix.into();
+        raw.kafka.create_topics = true;
+        raw.kafka.partitions = PARTITIONS;
+        raw.kafka.replication_factor = 1;
+        raw.kafka.properties.insert("linger.ms".into(), "2".into());
+        tweak(raw);
+    })
+}
+
+/// A whole bridge ([`app::run`]) in this process.
+pub struct Bridge {
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub topics: Vec<String>,
+    pub stopped_at: Option<SystemTime>,
+}
+
+impl Bridge {
+    pub fn start(settings: Settings) -> Self {
+        let topics = app::kafka_topics(&settings);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app::run(settings, None, shutdown.clone()));
+        Self {
+            shutdown,
+            task,
+            topics,
+            stopped_at: None,
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        self.stopped_at = Some(SystemTime::now());
+        self.shutdown.cancel();
+        (&mut self.task)
+            .await
+            .expect("bridge task")
+            .expect("bridge ran cleanly");
+    }
 }
