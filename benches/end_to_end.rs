@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use genesys_emulator::{Config as EmuConfig, Emulator, RecordMode, Target};
+use genesys_emulator::{Config as EmuConfig, Emulator, RecordMode, RequestKind, Target};
 
 use common::*;
 
@@ -32,7 +32,7 @@ struct Options {
     /// building a fresh JSON body per event cost it more than the bridge's
     /// whole work on the event.
     body_reuse: u32,
-    /// `BENCH_ONLY=idle|moderate|load|latency|recovery`: that phase alone (experiments);
+    /// `BENCH_ONLY=idle|moderate|load|latency|recovery|directory`: that phase alone (experiments);
     /// unset: every phase.
     only: Option<String>,
 }
@@ -64,7 +64,14 @@ impl Options {
         }
     }
 
-    const PHASES: [&str; 5] = ["idle", "moderate", "load", "latency", "recovery"];
+    const PHASES: [&str; 6] = [
+        "idle",
+        "moderate",
+        "load",
+        "latency",
+        "recovery",
+        "directory",
+    ];
 
     fn runs(&self, phase: &str) -> bool {
         self.only.as_deref().is_none_or(|only| only == phase)
@@ -515,6 +522,101 @@ async fn run(o: &Options) -> String {
             ready.unwrap_or(f64::NAN),
             "s",
             &format!(" (genesys_bridge_ready during the outage: {ready_during})"),
+        ));
+        bridge.stop().await;
+        emu.shutdown().await;
+        drop(broker);
+    }
+    // 6. A contact centre's directory: 20,000 users and 500 queues behind
+    // the templates v2.users.{user}?presence&routingStatus and
+    // v2.routing.queues.{queue}.conversations, listed every 10 s. 20,500
+    // topics: the budget (19 channels x 1,000) serves 19,000.
+    if o.runs("directory") {
+        let broker = fresh_broker();
+        let brokers = broker.brokers();
+        let emu = emulator(EmuConfig {
+            record_mode: RecordMode::Compact,
+            user_ids: genesys_emulator::config::generated_ids(20_000),
+            queue_ids: genesys_emulator::config::generated_ids(500),
+            ..EmuConfig::default()
+        })
+        .await;
+        let templates = [
+            "v2.users.{user}?presence&routingStatus".to_owned(),
+            "v2.routing.queues.{queue}.conversations".to_owned(),
+        ];
+        let started = SystemTime::now();
+        let bridge = Bridge::start(
+            &emu,
+            &templates,
+            &brokers,
+            &work.join("directory"),
+            &[("GENESYS_BRIDGE_DIRECTORY__REFRESH", "10s")],
+        )
+        .await;
+        let waited = Instant::now();
+        while bridge.metric("genesys_bridge_topics_subscribed").await < 19_000.0
+            && waited.elapsed() < Duration::from_secs(180)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let subscribed_after = secs_between(SystemTime::now(), started);
+        let requests = emu.requests();
+        let listing: Vec<SystemTime> = requests
+            .iter()
+            .filter(|r| r.kind == RequestKind::Directory)
+            .map(|r| r.at)
+            .collect();
+        let subscription_calls = requests
+            .iter()
+            .filter(|r| r.kind == RequestKind::Subscriptions)
+            .count();
+        let first_listing = match (listing.first(), listing.last()) {
+            (Some(first), Some(last)) => secs_between(*last, *first),
+            _ => f64::NAN,
+        };
+        rows.push(row(
+            "directory listing: 20,000 users + 500 queues",
+            None,
+            first_listing,
+            "s",
+            &format!(" ({} REST calls, 500 a page)", listing.len()),
+        ));
+        rows.push(row(
+            "topics subscribed from it (start to 19,000 accepted)",
+            None,
+            subscribed_after,
+            "s",
+            &format!(
+                " ({:.0} subscribed on {} subscription calls; {:.0} unserved: over the budget)",
+                bridge.metric("genesys_bridge_topics_subscribed").await,
+                subscription_calls,
+                bridge.metric("genesys_bridge_topics_unserved").await
+            ),
+        ));
+        // Idle with the directory listed every 10 s (no change): 30 s.
+        let refreshes0 = bridge
+            .metric("genesys_bridge_directory_refreshes_total")
+            .await;
+        let (_, cpu, secs) = bridge.window(30).await;
+        let refreshes = bridge
+            .metric("genesys_bridge_directory_refreshes_total")
+            .await
+            - refreshes0;
+        let (rss, peak) = bridge.memory_kib();
+        rows.push(row(
+            "RSS at 19 channels x 1,000 topics",
+            None,
+            rss as f64 / 1024.0,
+            "MiB",
+            &format!(" (peak {:.1} MiB)", peak as f64 / 1024.0),
+        ));
+        rows.push(row(
+            "idle CPU at 19 channels x 1,000 topics, directory listed every 10 s",
+            None,
+            cpu / secs * 100.0,
+            "% of a core",
+            &format!(" ({refreshes:.0} no-change refreshes of 41 calls in {secs:.0} s)"),
         ));
         bridge.stop().await;
         emu.shutdown().await;

@@ -56,9 +56,14 @@ enum Command {
         /// Events per second the emulator generates.
         #[arg(long, default_value_t = 20.0)]
         rate: f64,
-        /// How many topics to subscribe.
-        #[arg(long, default_value_t = 40)]
-        topics: usize,
+        /// Users in the emulator's directory at start (each subscribed
+        /// through v2.users.{user}?presence&routingStatus).
+        #[arg(long, default_value_t = 30)]
+        users: usize,
+        /// Queues in the directory (each through
+        /// v2.routing.queues.{queue}.conversations).
+        #[arg(long, default_value_t = 5)]
+        queues: usize,
     },
 }
 
@@ -70,14 +75,16 @@ fn main() -> ExitCode {
         kafka_brokers,
         duration,
         rate,
-        topics,
+        users,
+        queues,
     }) = cli.command
     {
         return runtime().block_on(demo(genesys_kafka_bridge::demo::DemoOptions {
             kafka_brokers,
             duration,
             rate,
-            topics,
+            users,
+            queues,
         }));
     }
     let settings = match config::load(cli.config.as_deref()) {

@@ -262,12 +262,38 @@ async fn a_listing_that_fails_midway_changes_nothing_until_a_good_one() {
     let (errors_before, limited_before) = (errors("error"), errors("rate_limited"));
 
     // Page 3 of the next listing fails, then the listing after is refused
-    // with a Retry-After; meanwhile the directory changes.
+    // with a Retry-After; the directory changes between two listings (a
+    // listing is 3 pages at 100 a page; refresh 2 s).
+    let last_listing = |emu: &Emulator| {
+        emu.requests()
+            .iter()
+            .rev()
+            .find(|r| r.kind == RequestKind::Directory)
+            .map(|r| r.at)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || last_listing(&emu).is_some_and(
+            |at| {
+                SystemTime::now()
+                    .duration_since(at)
+                    .is_ok_and(|d| d > Duration::from_millis(500))
+            }
+        ))
+        .await,
+        "between two listings"
+    );
     emu.fail_after(
         RequestKind::Directory,
         2,
         1,
         Failure::Status { status: 500 },
+    );
+    emu.fail_then(
+        RequestKind::Directory,
+        1,
+        Failure::TooManyRequests {
+            retry_after_secs: 3,
+        },
     );
     let failing_from = SystemTime::now();
     let leaving: Vec<String> = emu.user_ids().into_iter().take(10).collect();
@@ -279,25 +305,14 @@ async fn a_listing_that_fails_midway_changes_nothing_until_a_good_one() {
         wait_until(Duration::from_secs(20), || emu
             .requests()
             .iter()
-            .any(|r| r.kind == RequestKind::Directory && r.status == 500))
-        .await,
-        "page 3 failed"
-    );
-    emu.fail_next(
-        RequestKind::Directory,
-        1,
-        Failure::TooManyRequests {
-            retry_after_secs: 3,
-        },
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || emu
-            .requests()
-            .iter()
             .any(|r| r.kind == RequestKind::Directory && r.status == 429))
         .await,
-        "a listing rate-limited"
+        "page 3 failed, then a listing was rate-limited"
     );
+    assert!(emu
+        .requests()
+        .iter()
+        .any(|r| r.kind == RequestKind::Directory && r.status == 500));
     let limited_at = emu
         .requests()
         .iter()

@@ -316,6 +316,13 @@ impl Emulator {
         lock(&self.shared.faults).add(kind, skip, n, failure);
     }
 
+    /// Fault: once the failures planned for `kind` are answered, `n` more
+    /// requests of `kind` fail with `failure` (e.g. a 500 on page 3, then a
+    /// 429 on the retry).
+    pub fn fail_then(&self, kind: RequestKind, n: u32, failure: Failure) {
+        lock(&self.shared.faults).then(kind, 0, n, failure);
+    }
+
     /// Cancels every planned failure.
     pub fn clear_failures(&self) {
         lock(&self.shared.faults).clear();

@@ -4,7 +4,7 @@
 //! sent ([`Malformed`]). The faults themselves are carried out by the state
 //! and socket modules.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -119,23 +119,25 @@ struct Planned {
 /// how many then fail, and how.
 #[derive(Debug, Default)]
 pub(crate) struct FailPlan {
-    pending: HashMap<RequestKind, Planned>,
+    /// Per kind, plans in the order they apply.
+    pending: HashMap<RequestKind, VecDeque<Planned>>,
 }
 
 impl FailPlan {
     /// Replaces the plan of `kind`; `n = 0` cancels it.
     pub(crate) fn add(&mut self, kind: RequestKind, skip: u32, n: u32, failure: Failure) {
-        if n == 0 {
-            self.pending.remove(&kind);
-        } else {
-            self.pending.insert(
-                kind,
-                Planned {
-                    skip,
-                    left: n,
-                    failure,
-                },
-            );
+        self.pending.remove(&kind);
+        self.then(kind, skip, n, failure);
+    }
+
+    /// Appends a plan to `kind`'s: it starts once the earlier ones are done.
+    pub(crate) fn then(&mut self, kind: RequestKind, skip: u32, n: u32, failure: Failure) {
+        if n > 0 {
+            self.pending.entry(kind).or_default().push_back(Planned {
+                skip,
+                left: n,
+                failure,
+            });
         }
     }
 
@@ -151,18 +153,25 @@ impl FailPlan {
             return None;
         }
         for key in [kind, RequestKind::Any] {
-            if let Some(p) = self.pending.get_mut(&key) {
-                if p.skip > 0 {
-                    p.skip -= 1;
-                    continue;
-                }
-                let failure = p.failure;
-                p.left -= 1;
-                if p.left == 0 {
+            let Some(plans) = self.pending.get_mut(&key) else {
+                continue;
+            };
+            let Some(p) = plans.front_mut() else {
+                continue;
+            };
+            if p.skip > 0 {
+                p.skip -= 1;
+                continue;
+            }
+            let failure = p.failure;
+            p.left -= 1;
+            if p.left == 0 {
+                plans.pop_front();
+                if plans.is_empty() {
                     self.pending.remove(&key);
                 }
-                return Some(failure);
             }
+            return Some(failure);
         }
         None
     }

@@ -393,8 +393,11 @@ impl Machine {
 
     /// New topic lists; shards beyond the current ones get slots and
     /// sessions. Existing sessions learn their list from the supervisor and
-    /// report [`SessionEvent::Resubscribed`].
-    fn reshard(&mut self, shards: Vec<Arc<[String]>>, out: &mut Vec<Action>) {
+    /// report [`SessionEvent::Resubscribed`]. A new slot gets its first
+    /// channel as a standby does: only while the spares held leave room,
+    /// so sessions never exceed the budget even if the growth comes in the
+    /// middle of moves (the reason is never reported: nothing is replaced).
+    fn reshard(&mut self, shards: Vec<Arc<[String]>>, now: Now, out: &mut Vec<Action>) {
         let before = self.slots.len();
         for (index, topics) in shards.into_iter().enumerate() {
             match self.shards.get_mut(index) {
@@ -414,8 +417,8 @@ impl Machine {
         if self.slots.len() > before {
             self.spares = self.max_channels.saturating_sub(self.slots.len()).max(1);
             for slot in before..self.slots.len() {
-                let session = self.open(slot, Via::New, Duration::ZERO, out);
-                self.slots[slot].phase = Phase::Connecting { session };
+                self.move_waits(slot, None, Reason::ChannelGone, now.at);
+                self.start_standby(slot, now, out);
             }
         }
     }
@@ -447,7 +450,7 @@ impl Machine {
                 }
             }
             Input::Tick => {}
-            Input::Shards(shards) => self.reshard(shards, &mut out),
+            Input::Shards(shards) => self.reshard(shards, now, &mut out),
         }
         self.fire_timers(now, &mut out);
         out
@@ -1197,6 +1200,9 @@ mod tests {
         Finish { pick: usize },
         /// A new access token.
         Token,
+        /// The topic set grows by a shard (the directory grew), if the
+        /// budget has room for it.
+        Grow,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1211,6 +1217,7 @@ mod tests {
             1 => any::<usize>().prop_map(|pick| Op::Stall { pick }),
             4 => any::<usize>().prop_map(|pick| Op::Finish { pick }),
             1 => Just(Op::Token),
+            1 => Just(Op::Grow),
         ]
     }
 
@@ -1486,6 +1493,28 @@ mod tests {
         fn play(&mut self, op: Op) {
             let now = self.now;
             match op {
+                Op::Grow => {
+                    let shards = self.machine.shard_count();
+                    if (shards + 1) * self.redundancy >= MAX_CHANNELS {
+                        return;
+                    }
+                    let mut lists: Vec<Arc<[String]>> = (0..shards)
+                        .map(|s| self.machine.topics(s).clone())
+                        .collect();
+                    lists.push(Arc::from(vec![format!("v2.users.{shards}.presence")]));
+                    self.truth.push((0, None));
+                    self.ever_covered.push(false);
+                    self.truth_gaps.push(Vec::new());
+                    self.reported.push(Vec::new());
+                    self.open.push(None);
+                    self.owed.push(None);
+                    let live = self.sims.len();
+                    self.step(Input::Shards(lists), None);
+                    // The new shard's slots open (as the budget allows),
+                    // and nothing else moves.
+                    assert!(self.sims.len() <= live + self.redundancy);
+                    assert_eq!(self.machine.shard_count(), shards + 1);
+                }
                 Op::Advance(ms) => {
                     self.advance(Duration::from_millis(ms));
                     self.step(Input::Tick, None);
