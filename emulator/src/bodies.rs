@@ -104,13 +104,11 @@ pub(crate) fn build<R: Rng>(rng: &mut R, pools: &Pools<'_>, kind: BodyKind, id: 
                 "dateActiveQueuesChanged": rfc3339(now - Duration::from_secs(3_600)),
             })
         }
-        BodyKind::UserConversation(media) => {
-            let queue = pick_id(rng, pools.queue_ids);
-            conversation(rng, pools, &uuid(), id, &queue, media)
-        }
-        BodyKind::QueueConversation(media) => {
-            let user = pick_id(rng, pools.user_ids);
-            conversation(rng, pools, &uuid(), &user, id, media)
+        BodyKind::UserConversation(_) | BodyKind::QueueConversation(_) => {
+            match Conversation::start(rng, pools, kind, id) {
+                Some(conv) => conv.body(rng, pools, None),
+                None => json!({ "id": uuid() }),
+            }
         }
         BodyKind::QueueMember => {
             let user = pick_id(rng, pools.user_ids);
@@ -134,7 +132,7 @@ pub(crate) fn build<R: Rng>(rng: &mut R, pools: &Pools<'_>, kind: BodyKind, id: 
 
 /// Stable organization-presence id per system presence, so the same
 /// presence always carries the same definition id.
-fn presence_id(system_presence: &str) -> String {
+pub(crate) fn presence_id(system_presence: &str) -> String {
     let n = system_presence
         .bytes()
         .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
@@ -150,14 +148,10 @@ fn address(number: &str) -> Value {
     })
 }
 
-/// The media list of one participant (`calls`, `chats`...) and its key.
-fn media_entry<R: Rng>(
-    rng: &mut R,
-    media: Media,
-    connected: &str,
-    customer: &str,
-) -> (&'static str, Value) {
-    let media = match media {
+/// The analytics-free name of a media list (`calls`, `chats`...): `Any`
+/// picks one at random.
+fn resolve_media<R: Rng>(rng: &mut R, media: Media) -> Media {
+    match media {
         Media::Any => *[
             Media::Calls,
             Media::Callbacks,
@@ -168,12 +162,31 @@ fn media_entry<R: Rng>(
         .choose(rng)
         .unwrap_or(&Media::Calls),
         m => m,
-    };
-    match media {
+    }
+}
+
+/// One media session of a participant: its id, when it connected and, once
+/// it ended, when and how.
+struct Session<'a> {
+    id: &'a str,
+    connected: &'a str,
+    ended: Option<(&'a str, &'static str)>,
+}
+
+/// The media list of one participant (`calls`, `chats`...) and its key.
+fn media_entry<R: Rng>(
+    rng: &mut R,
+    media: Media,
+    session: &Session<'_>,
+    customer: &str,
+) -> (&'static str, Value) {
+    let connected = session.connected;
+    let id = session.id;
+    let (key, mut entry) = match media {
         Media::Calls | Media::Any => (
             "calls",
-            json!([{
-                "id": uuid(),
+            json!({
+                "id": id,
                 "state": "connected",
                 "initialState": "alerting",
                 "recording": false,
@@ -189,12 +202,12 @@ fn media_entry<R: Rng>(
                 "connectedTime": connected,
                 "disconnectReasons": [],
                 "afterCallWorkRequired": false,
-            }]),
+            }),
         ),
         Media::Callbacks => (
             "callbacks",
-            json!([{
-                "id": uuid(),
+            json!({
+                "id": id,
                 "state": "connected",
                 "initialState": "alerting",
                 "direction": "outbound",
@@ -207,25 +220,25 @@ fn media_entry<R: Rng>(
                 "timeoutSeconds": 0,
                 "connectedTime": connected,
                 "afterCallWorkRequired": false,
-            }]),
+            }),
         ),
         Media::Chats => (
             "chats",
-            json!([{
+            json!({
                 "state": "connected",
                 "initialState": "alerting",
-                "id": uuid(),
+                "id": id,
                 "provider": "PureCloud Webchat v2",
-                "roomId": format!("{}@conference.example.orgspan.com", uuid()),
+                "roomId": format!("{}@conference.example.orgspan.com", id),
                 "held": false,
                 "connectedTime": connected,
                 "afterCallWorkRequired": false,
-            }]),
+            }),
         ),
         Media::Emails => (
             "emails",
-            json!([{
-                "id": uuid(),
+            json!({
+                "id": id,
                 "state": "connected",
                 "initialState": "alerting",
                 "held": false,
@@ -237,12 +250,12 @@ fn media_entry<R: Rng>(
                 "direction": "inbound",
                 "spam": false,
                 "afterCallWorkRequired": false,
-            }]),
+            }),
         ),
         Media::Messages => (
             "messages",
-            json!([{
-                "id": uuid(),
+            json!({
+                "id": id,
                 "state": "connected",
                 "initialState": "alerting",
                 "direction": "inbound",
@@ -254,100 +267,179 @@ fn media_entry<R: Rng>(
                 "messages": [],
                 "type": "sms",
                 "afterCallWorkRequired": false,
-            }]),
+            }),
         ),
+    };
+    if let (Some((at, how)), Some(o)) = (session.ended, entry.as_object_mut()) {
+        o.insert("state".into(), json!("disconnected"));
+        o.insert("disconnectedTime".into(), json!(at));
+        o.insert("disconnectType".into(), json!(how));
     }
+    (key, json!([entry]))
 }
 
 /// A conversation as the user and queue conversation topics carry it: a
-/// customer, the ACD leg of `queue` and the agent `user`.
-fn conversation<R: Rng>(
-    rng: &mut R,
-    pools: &Pools<'_>,
-    conv: &str,
-    user: &str,
-    queue: &str,
+/// customer, the ACD leg of `queue` and the agent `user`. The generator
+/// keeps one from its start event to its end event, so both carry the same
+/// ids and times.
+#[derive(Debug, Clone)]
+pub(crate) struct Conversation {
+    pub id: String,
+    user: String,
+    queue: String,
+    /// Resolved: never `Any`.
     media: Media,
-) -> Value {
-    let now = SystemTime::now();
-    let started = rfc3339(now - Duration::from_secs(rng.random_range(5..600)));
-    let connected = rfc3339(now);
-    let customer = phone(rng);
-    let (key, customer_media) = media_entry(rng, media, &started, &customer);
-    let (_, agent_media) = media_entry(rng, media_of(key), &connected, &customer);
-    let (_, acd_media) = media_entry(rng, media_of(key), &started, &customer);
-    let division = pools.org_id;
-    json!({
-        "id": conv,
-        "maxParticipants": 3,
-        "participants": [
-            {
-                "id": uuid(),
-                "connectedTime": started,
-                "name": "Pat Customer",
-                "purpose": "customer",
-                "address": format!("tel:{customer}"),
-                "wrapupRequired": false,
-                "mediaRoles": [],
-                "attributes": {},
-                key: customer_media,
-            },
-            {
-                "id": uuid(),
-                "connectedTime": started,
-                "endTime": connected,
-                "name": "Support",
-                "queueId": queue,
-                "purpose": "acd",
-                "wrapupRequired": false,
-                "conversationRoutingData": {
-                    "queue": { "id": queue },
-                    "priority": 0,
-                    "skills": [],
-                    "scoredAgents": [],
-                },
-                "mediaRoles": [],
-                "attributes": {},
-                key: acd_media,
-            },
-            {
-                "id": uuid(),
-                "connectedTime": connected,
-                "userId": user,
-                "name": "Agent",
-                "queueId": queue,
-                "purpose": "agent",
-                "wrapupRequired": true,
-                "wrapupExpected": true,
-                "alertingTimeoutMs": 8000,
-                "conversationRoutingData": {
-                    "queue": { "id": queue },
-                    "priority": 0,
-                    "skills": [],
-                    "scoredAgents": [{ "agent": { "id": user }, "score": 100 }],
-                },
-                "mediaRoles": [],
-                "attributes": {},
-                key: agent_media,
-            }
-        ],
-        "recordingState": "none",
-        "securePause": false,
-        "recentTransfers": [],
-        "divisions": [{
-            "division": { "id": division, "selfUri": format!("/api/v2/authorization/divisions/{division}") },
-            "entities": [{ "id": queue, "selfUri": format!("/api/v2/routing/queues/{queue}") }],
-        }],
-    })
+    /// The customer and ACD legs connected.
+    started: SystemTime,
+    /// The agent connected (and the ACD leg ended).
+    connected: SystemTime,
+    customer: String,
+    /// Participant ids: customer, ACD, agent.
+    participants: [String; 3],
+    /// Their media session ids.
+    sessions: [String; 3],
 }
 
-fn media_of(key: &str) -> Media {
-    match key {
-        "callbacks" => Media::Callbacks,
-        "chats" => Media::Chats,
-        "emails" => Media::Emails,
-        "messages" => Media::Messages,
-        _ => Media::Calls,
+impl Conversation {
+    /// A conversation just answered, for a topic of `kind` about `id` (a
+    /// user for user conversation topics, a queue for queue ones); `None`
+    /// for other kinds.
+    pub(crate) fn start<R: Rng>(
+        rng: &mut R,
+        pools: &Pools<'_>,
+        kind: BodyKind,
+        id: &str,
+    ) -> Option<Conversation> {
+        let (user, queue, media) = match kind {
+            BodyKind::UserConversation(m) => (id.to_owned(), pick_id(rng, pools.queue_ids), m),
+            BodyKind::QueueConversation(m) => (pick_id(rng, pools.user_ids), id.to_owned(), m),
+            _ => return None,
+        };
+        let now = SystemTime::now();
+        Some(Conversation {
+            id: uuid(),
+            user,
+            queue,
+            media: resolve_media(rng, media),
+            started: now - Duration::from_secs(rng.random_range(5..600)),
+            connected: now,
+            customer: phone(rng),
+            participants: [uuid(), uuid(), uuid()],
+            sessions: [uuid(), uuid(), uuid()],
+        })
+    }
+
+    /// Its body: connected, or with `ended`, every leg disconnected then.
+    pub(crate) fn body<R: Rng>(
+        &self,
+        rng: &mut R,
+        pools: &Pools<'_>,
+        ended: Option<SystemTime>,
+    ) -> Value {
+        let started = rfc3339(self.started);
+        let connected = rfc3339(self.connected);
+        let end = ended.map(rfc3339);
+        let end_of = |how| end.as_deref().map(|e| (e, how));
+        let (queue, user, customer) = (&self.queue, &self.user, &self.customer);
+        let session = |i: usize, connected, ended| Session {
+            id: &self.sessions[i],
+            connected,
+            ended,
+        };
+        let (key, customer_media) = media_entry(
+            rng,
+            self.media,
+            &session(0, &started, end_of("endpoint")),
+            customer,
+        );
+        let (_, acd_media) = media_entry(
+            rng,
+            self.media,
+            &session(1, &started, Some((&connected, "transfer"))),
+            customer,
+        );
+        let (_, agent_media) = media_entry(
+            rng,
+            self.media,
+            &session(2, &connected, end_of("client")),
+            customer,
+        );
+        let division = pools.org_id;
+        let mut body = json!({
+            "id": self.id,
+            "maxParticipants": 3,
+            "participants": [
+                {
+                    "id": self.participants[0],
+                    "connectedTime": started,
+                    "name": "Pat Customer",
+                    "purpose": "customer",
+                    "address": format!("tel:{customer}"),
+                    "wrapupRequired": false,
+                    "mediaRoles": [],
+                    "attributes": {},
+                    key: customer_media,
+                },
+                {
+                    "id": self.participants[1],
+                    "connectedTime": started,
+                    "endTime": connected,
+                    "name": "Support",
+                    "queueId": queue,
+                    "purpose": "acd",
+                    "wrapupRequired": false,
+                    "conversationRoutingData": {
+                        "queue": { "id": queue },
+                        "priority": 0,
+                        "skills": [],
+                        "scoredAgents": [],
+                    },
+                    "mediaRoles": [],
+                    "attributes": {},
+                    key: acd_media,
+                },
+                {
+                    "id": self.participants[2],
+                    "connectedTime": connected,
+                    "userId": user,
+                    "name": "Agent",
+                    "queueId": queue,
+                    "purpose": "agent",
+                    "wrapupRequired": true,
+                    "wrapupExpected": true,
+                    "alertingTimeoutMs": 8000,
+                    "conversationRoutingData": {
+                        "queue": { "id": queue },
+                        "priority": 0,
+                        "skills": [],
+                        "scoredAgents": [{ "agent": { "id": user }, "score": 100 }],
+                    },
+                    "mediaRoles": [],
+                    "attributes": {},
+                    key: agent_media,
+                }
+            ],
+            "recordingState": "none",
+            "securePause": false,
+            "recentTransfers": [],
+            "divisions": [{
+                "division": { "id": division, "selfUri": format!("/api/v2/authorization/divisions/{division}") },
+                "entities": [{ "id": queue, "selfUri": format!("/api/v2/routing/queues/{queue}") }],
+            }],
+        });
+        if let (Some(end), Some(ps)) = (&end, body["participants"].as_array_mut()) {
+            for i in [0, 2] {
+                if let Some(p) = ps.get_mut(i).and_then(Value::as_object_mut) {
+                    p.insert("endTime".into(), json!(end));
+                }
+            }
+        }
+        body
+    }
+
+    /// When it started connecting: an end must come after it.
+    pub(crate) fn connected(&self) -> SystemTime {
+        self.connected
     }
 }
 

@@ -83,7 +83,10 @@ pub struct Config {
     pub generator_topics: Vec<String>,
     /// Events that share one generated body on a topic. Each still gets its
     /// own `emulatorSequence`, so a client's dedup sees distinct events, but
-    /// they keep the body's correlation id and timestamps. 1 (the default)
+    /// they keep the body's correlation id and timestamps (except presence
+    /// and routing-status times, which strictly increase per user: those
+    /// events get the time moved 1 ms on, and a correlation id of their
+    /// own). 1 (the default)
     /// builds a fresh body for every event; more makes the generator
     /// cheaper, for benchmarks in which the emulator shares the machine with
     /// what it measures.
@@ -114,6 +117,16 @@ pub struct Config {
     /// Base URL to advertise instead of `http://<bound address>` (e.g. when
     /// listening on 0.0.0.0). `connectUri` uses the same host with `ws://`.
     pub public_url: Option<String>,
+    /// Conversations the truth keeps for the analytics query and the
+    /// library; past this many, the one that ended first goes (or the
+    /// oldest, when none has ended).
+    pub max_conversations: usize,
+    /// An org REST rate limit: when set, every `/api/v2` request beyond
+    /// this many in a sliding 60 s window answers 429 with `Retry-After`
+    /// (refused requests do not count). `None` (the default) is no limit,
+    /// so that tests can check a client keeps to a budget only when they
+    /// mean to.
+    pub rest_requests_per_minute: Option<u32>,
 }
 
 /// Default number of generated user ids.
@@ -147,6 +160,8 @@ impl Default for Config {
             max_records: None,
             max_request_records: 100_000,
             public_url: None,
+            max_conversations: crate::truth::DEFAULT_MAX_CONVERSATIONS,
+            rest_requests_per_minute: None,
         }
     }
 }
@@ -193,6 +208,8 @@ impl fmt::Debug for Config {
             .field("max_records", &self.max_records)
             .field("max_request_records", &self.max_request_records)
             .field("public_url", &self.public_url)
+            .field("max_conversations", &self.max_conversations)
+            .field("rest_requests_per_minute", &self.rest_requests_per_minute)
             .finish()
     }
 }
@@ -230,6 +247,11 @@ impl Config {
             ("max_request_records", self.max_request_records == 0),
             ("max_records", self.max_records == Some(0)),
             ("body_reuse", self.body_reuse == 0),
+            ("max_conversations", self.max_conversations == 0),
+            (
+                "rest_requests_per_minute",
+                self.rest_requests_per_minute == Some(0),
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, zero)| *zero) {
             return Err(ConfigError::Zero(name));

@@ -31,6 +31,9 @@ use crate::state::Shared;
 pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
         .route("/state", get(state))
+        .route("/state/users", get(user_states))
+        .route("/state/users/{id}", get(user_state))
+        .route("/state/conversations", get(conversations))
         .route("/channels", get(channels))
         .route("/events", get(events).delete(clear_events))
         .route("/events/stats", get(stats))
@@ -111,6 +114,41 @@ async fn state(State(s): State<Arc<Shared>>) -> Json<Value> {
         "liveChannels": channels.iter().filter(|c| c.alive).count(),
         "channels": channels.len(),
     }))
+}
+
+/// Every directory user's presence and routing status now, by user id.
+async fn user_states(State(s): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!(emu(s).current_user_states()))
+}
+
+async fn user_state(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match emu(s).current_user_state(&id) {
+        Some(u) => Json(json!(u)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "message": format!("no user with id {id}") })),
+        )
+            .into_response(),
+    }
+}
+
+/// Kept conversations: `?queueId=` or `?userId=` narrows them; `?id=` gives
+/// one (an array of at most one).
+async fn conversations(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let e = emu(s);
+    let list = if let Some(id) = q.get("id") {
+        e.conversation(id).into_iter().collect()
+    } else if let Some(queue) = q.get("queueId") {
+        e.conversations_of_queue(queue)
+    } else if let Some(user) = q.get("userId") {
+        e.conversations_of_user(user)
+    } else {
+        e.all_conversations()
+    };
+    Json(json!(list))
 }
 
 async fn channels(State(s): State<Arc<Shared>>) -> Json<Value> {

@@ -369,6 +369,11 @@ impl Directory {
             .collect()
     }
 
+    /// Every user id (any state), in creation order.
+    pub(crate) fn user_ids(&self) -> Vec<String> {
+        self.users.iter().map(|u| u.id.clone()).collect()
+    }
+
     /// Queue ids, in creation order.
     pub(crate) fn queue_ids(&self) -> Vec<String> {
         self.queues.iter().map(|q| q.id.clone()).collect()
@@ -783,13 +788,13 @@ fn name_matches(pattern: &str, name: &str) -> bool {
 }
 
 /// The first value of a query parameter.
-fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 /// A list parameter: repeated (`a=1&a=2`) or comma-joined (`a=1,2`, which
 /// is how the Python SDK sends lists).
-fn list_param<'a>(q: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+pub(crate) fn list_param<'a>(q: &'a [(String, String)], key: &str) -> Vec<&'a str> {
     q.iter()
         .filter(|(k, _)| k == key)
         .flat_map(|(_, v)| v.split(','))

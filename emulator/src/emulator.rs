@@ -1,12 +1,14 @@
 //! The [`Emulator`] handle: starts the server and its background tasks
 //! (reaper, generator) and exposes the library API that tests and the
-//! control endpoints use.
+//! control endpoints use: publishing, records, faults, the directory and
+//! the truth (presence, routing status, conversations now).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -22,11 +24,13 @@ use crate::directory::{
 use crate::faults::{FailPlan, Failure, Malformed, RequestKind, Target};
 use crate::generator;
 use crate::http;
+use crate::limit::SlidingWindow;
 use crate::records::{
     ChannelInfo, EventLog, EventRecord, EventStats, Gap, RequestLog, RequestRecord,
 };
 use crate::state::{lock, Prepared, Shared, State};
 use crate::topics::CATALOGUE;
+use crate::truth::{ConversationState, PresenceState, RoutingState, Truth, UserCurrentState};
 
 /// How often expiry of channels and tokens is checked (REST calls also
 /// check on the spot).
@@ -62,11 +66,19 @@ impl Emulator {
         let (rate_tx, rate_rx) = watch::channel(config.rate);
         let mut state = State::new();
         state.directory = Directory::from_config(&config);
+        state.truth = Truth::new(config.max_conversations);
+        let born = SystemTime::now();
+        for id in state.directory.user_ids() {
+            state.truth.add_user(&id, born);
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             log: Mutex::new(EventLog::new(config.record_mode, config.max_records, 1)),
             requests: Mutex::new(RequestLog::new(config.max_request_records)),
             faults: Mutex::new(FailPlan::default()),
+            rest_limit: config
+                .rest_requests_per_minute
+                .map(|n| Mutex::new(SlidingWindow::new(n))),
             in_flight: AtomicU64::new(0),
             open_sockets: AtomicUsize::new(0),
             rate: rate_tx,
@@ -161,11 +173,17 @@ impl Emulator {
 
     /// Publishes `body` on `topic`; an object body gets `emulatorSequence`
     /// (any value given for it is replaced). Returns the sequence number.
+    ///
+    /// A presence body (`presenceDefinition.systemPresence`,
+    /// `modifiedDate`), a routing-status body (`routingStatus.status`,
+    /// `startTime`) or a conversation body (`id`, `participants`) on a
+    /// matching topic updates the truth; a time that is not after the
+    /// user's previous one for that topic is published 1 ms after it.
     pub fn publish_body(&self, topic: &str, mut body: Value) -> u64 {
         if let Some(o) = body.as_object_mut() {
             o.remove("emulatorSequence");
         }
-        let prepared = Prepared::new(topic, &body.to_string());
+        let prepared = Prepared::from_value(topic, &body);
         self.shared
             .publish_prepared(vec![prepared], None)
             .first()
@@ -359,16 +377,24 @@ impl Emulator {
     /// Adds a user; returns its id. From the moment this returns the
     /// generator fires its topics (if it is active and subscribed).
     pub fn add_user(&self, user: NewUser) -> Result<String, DirectoryError> {
-        lock(&self.shared.state).directory.add_user(user)
+        let mut st = lock(&self.shared.state);
+        let id = st.directory.add_user(user)?;
+        st.truth.add_user(&id, SystemTime::now());
+        Ok(id)
     }
 
     /// Adds `n` active users with default names, in no queue; returns their
     /// ids.
     pub fn add_users(&self, n: usize) -> Vec<String> {
         let mut st = lock(&self.shared.state);
-        (0..n)
+        let now = SystemTime::now();
+        let ids: Vec<String> = (0..n)
             .filter_map(|_| st.directory.add_user(NewUser::default()).ok())
-            .collect()
+            .collect();
+        for id in &ids {
+            st.truth.add_user(id, now);
+        }
+        ids
     }
 
     /// Sets a user's state. Once this returns, the generator fires nothing
@@ -380,7 +406,10 @@ impl Emulator {
     /// Removes a user and its queue memberships; the generator stops firing
     /// its topics once this returns. Subscriptions naming it stay.
     pub fn remove_user(&self, id: &str) -> Result<(), DirectoryError> {
-        lock(&self.shared.state).directory.remove_user(id)
+        let mut st = lock(&self.shared.state);
+        st.directory.remove_user(id)?;
+        st.truth.remove_user(id);
+        Ok(())
     }
 
     /// Adds a queue; returns its id.
@@ -400,6 +429,69 @@ impl Emulator {
         lock(&self.shared.state)
             .directory
             .set_queue_members(id, members)
+    }
+
+    // ---- the truth: what REST serves after a gap --------------------------
+
+    /// A directory user's presence now: the last `v2.users.{id}.presence`
+    /// event's body, or `Offline` since the user was created.
+    pub fn presence_of(&self, user_id: &str) -> Option<PresenceState> {
+        let st = lock(&self.shared.state);
+        st.truth.user(user_id).map(|u| u.presence.clone())
+    }
+
+    /// A directory user's routing status now: the last
+    /// `v2.users.{id}.routingStatus` event's, or `OFF_QUEUE` since the user
+    /// was created.
+    pub fn routing_status_of(&self, user_id: &str) -> Option<RoutingState> {
+        let st = lock(&self.shared.state);
+        st.truth.user(user_id).map(|u| u.routing_status.clone())
+    }
+
+    /// Both states of one directory user.
+    pub fn current_user_state(&self, user_id: &str) -> Option<UserCurrentState> {
+        lock(&self.shared.state).truth.user(user_id).cloned()
+    }
+
+    /// Every directory user's states (any user state), by user id, taken
+    /// at one instant: no event is half applied. For convergence checks.
+    pub fn current_user_states(&self) -> BTreeMap<String, UserCurrentState> {
+        lock(&self.shared.state).truth.users()
+    }
+
+    /// Conversations with a participant on `queue_id`, in the order they
+    /// were first seen.
+    pub fn conversations_of_queue(&self, queue_id: &str) -> Vec<ConversationState> {
+        lock(&self.shared.state).truth.conversations(|r| {
+            r.participants
+                .iter()
+                .any(|p| p.queue_id.as_deref() == Some(queue_id))
+        })
+    }
+
+    /// Conversations `user_id` takes part in, in the order they were first
+    /// seen.
+    pub fn conversations_of_user(&self, user_id: &str) -> Vec<ConversationState> {
+        lock(&self.shared.state).truth.conversations(|r| {
+            r.participants
+                .iter()
+                .any(|p| p.user_id.as_deref() == Some(user_id))
+        })
+    }
+
+    /// Every kept conversation, in the order they were first seen.
+    pub fn all_conversations(&self) -> Vec<ConversationState> {
+        lock(&self.shared.state).truth.conversations(|_| true)
+    }
+
+    /// One conversation, if kept.
+    pub fn conversation(&self, id: &str) -> Option<ConversationState> {
+        lock(&self.shared.state).truth.conversation(id)
+    }
+
+    /// How many conversations are kept (at most `Config::max_conversations`).
+    pub fn conversation_count(&self) -> usize {
+        lock(&self.shared.state).truth.conversation_count()
     }
 
     /// The organization id used in system messages.

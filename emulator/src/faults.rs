@@ -54,6 +54,12 @@ pub enum RequestKind {
     /// The directory: `GET /api/v2/users`, `GET /api/v2/routing/queues`,
     /// `GET /api/v2/routing/queues/{id}/members`.
     Directory,
+    /// The current state a client reads after a gap:
+    /// `GET /api/v2/users/presences/purecloud/bulk`,
+    /// `GET /api/v2/users/{id}/presences/purecloud`,
+    /// `GET /api/v2/users/{id}/routingstatus`,
+    /// `POST /api/v2/analytics/conversations/details/query`.
+    State,
     /// `/_emulator/...` (never failed on purpose).
     Control,
     /// Anything else.
@@ -83,6 +89,12 @@ impl RequestKind {
             | ("GET", ["", "api", "v2", "routing", "queues"])
             | ("GET", ["", "api", "v2", "routing", "queues", _, "members"]) => {
                 RequestKind::Directory
+            }
+            ("GET", ["", "api", "v2", "users", "presences", "purecloud", "bulk"])
+            | ("GET", ["", "api", "v2", "users", _, "presences", "purecloud"])
+            | ("GET", ["", "api", "v2", "users", _, "routingstatus"])
+            | ("POST", ["", "api", "v2", "analytics", "conversations", "details", "query"]) => {
+                RequestKind::State
             }
             _ => RequestKind::Other,
         }
@@ -242,6 +254,14 @@ mod tests {
             Directory
         );
         assert_eq!(RequestKind::classify("POST", "/api/v2/users"), Other);
+        for (m, p) in [
+            ("GET", "/api/v2/users/presences/purecloud/bulk"),
+            ("GET", "/api/v2/users/u1/presences/purecloud"),
+            ("GET", "/api/v2/users/u1/routingstatus"),
+            ("POST", "/api/v2/analytics/conversations/details/query"),
+        ] {
+            assert_eq!(RequestKind::classify(m, p), State, "{m} {p}");
+        }
     }
 
     #[test]

@@ -9,18 +9,26 @@
 //! stay cheap. A backlog larger than one second is dropped rather than
 //! burst out. With `body_reuse` above 1, a topic's frame serves that many
 //! events (each with its own sequence) before a new one is built.
+//!
+//! Conversation topics follow conversations through their lives: an event
+//! on a user or queue conversation topic either answers a new conversation
+//! or ends one that topic answered earlier (at most `MAX_OPEN` are open per
+//! topic), so the truth sees conversations start and end, as the analytics
+//! query shows them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::seq::IndexedRandom;
+use rand::Rng;
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::{interval, Instant, MissedTickBehavior};
 
-use crate::bodies::{self, Pools};
+use crate::bodies::{self, Conversation, Pools};
 use crate::state::{lock, Fence, Prepared, Shared};
-use crate::topics::expand;
+use crate::topics::{expand, match_topic, BodyKind};
 
 /// Shortest tick: fine enough for smooth rates, coarse enough to batch.
 const MIN_TICK: Duration = Duration::from_millis(2);
@@ -28,6 +36,8 @@ const MIN_TICK: Duration = Duration::from_millis(2);
 const MAX_TICK: Duration = Duration::from_millis(100);
 /// Events built and published between two yields.
 const CHUNK: usize = 256;
+/// Conversations a conversation topic keeps open before it ends one.
+const MAX_OPEN: usize = 3;
 
 pub(crate) async fn run(shared: Arc<Shared>, mut rate_rx: watch::Receiver<f64>) {
     let fixed: Vec<Arc<str>> = shared
@@ -113,6 +123,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rate_rx: watch::Receiver<f64>) 
                     };
                     topics.clear();
                     topics.extend(candidates.iter().filter(|t| st.directory.fires(t)).cloned());
+                    frames.forget_others(&topics);
                 }
                 Fence {
                     rate_epoch: epoch,
@@ -145,6 +156,9 @@ struct Frames {
     reuse: u32,
     /// A topic's frame and how many more events it serves.
     kept: HashMap<Arc<str>, (Arc<Prepared>, u32)>,
+    /// Conversations a conversation topic answered and has not ended yet,
+    /// oldest first.
+    open: HashMap<Arc<str>, VecDeque<Conversation>>,
 }
 
 impl Frames {
@@ -152,6 +166,47 @@ impl Frames {
         Self {
             reuse,
             kept: HashMap::new(),
+            open: HashMap::new(),
+        }
+    }
+
+    /// Drops the open conversations of topics no longer generated, so that
+    /// they do not pile up as subscriptions come and go.
+    fn forget_others(&mut self, topics: &[Arc<str>]) {
+        if self.open.is_empty() {
+            return;
+        }
+        let live: HashSet<&Arc<str>> = topics.iter().collect();
+        self.open.retain(|t, _| live.contains(t));
+    }
+
+    /// The next body on `topic`: the next step of a conversation on
+    /// conversation topics, a fresh body otherwise.
+    fn body<R: Rng>(&mut self, rng: &mut R, pools: &Pools<'_>, topic: &Arc<str>) -> Value {
+        let Some((template, ids)) = match_topic(topic) else {
+            return bodies::for_topic(rng, pools, topic);
+        };
+        let id = ids.first().map(String::as_str).unwrap_or_default();
+        if !matches!(
+            template.kind,
+            BodyKind::UserConversation(_) | BodyKind::QueueConversation(_)
+        ) {
+            return bodies::build(rng, pools, template.kind, id);
+        }
+        let open = self.open.entry(topic.clone()).or_default();
+        if !open.is_empty() && (open.len() >= MAX_OPEN || rng.random_bool(0.5)) {
+            if let Some(conv) = open.pop_front() {
+                let now = SystemTime::now().max(conv.connected() + Duration::from_millis(1));
+                return conv.body(rng, pools, Some(now));
+            }
+        }
+        match Conversation::start(rng, pools, template.kind, id) {
+            Some(conv) => {
+                let body = conv.body(rng, pools, None);
+                open.push_back(conv);
+                body
+            }
+            None => bodies::build(rng, pools, template.kind, id),
         }
     }
 
@@ -173,8 +228,8 @@ impl Frames {
                         return Some(frame.clone());
                     }
                 }
-                let body = bodies::for_topic(&mut rng, &pools, topic);
-                let frame = Arc::new(Prepared::new(topic, &body.to_string()));
+                let body = self.body(&mut rng, &pools, topic);
+                let frame = Arc::new(Prepared::from_value(topic, &body));
                 if self.reuse > 1 {
                     self.kept
                         .insert(topic.clone(), (frame.clone(), self.reuse - 1));

@@ -1,7 +1,9 @@
 //! The HTTP side of the emulated service: `POST /oauth/token`, the
 //! notification REST API under `/api/v2`, the directory listings (users,
-//! queues, queue members), the socket route, and the middleware that
-//! records every request and injects planned failures.
+//! queues, queue members), the current state (presences, routing status,
+//! the conversation details query), the socket route, and the middleware
+//! that records every request, applies the org REST rate limit and injects
+//! planned failures.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,14 +20,20 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
 
+use crate::analytics;
 use crate::api_error::{oauth_error, ApiError};
 use crate::bodies::{self, Pools};
 use crate::control;
-use crate::faults::RequestKind;
+use crate::directory::list_param;
+use crate::faults::{Failure, RequestKind};
 use crate::records::RequestRecord;
 use crate::socket;
 use crate::state::{channel_json, lock, topic_json, Shared, SubOp};
 use crate::topics::{available_topic, schema_of, CATALOGUE};
+use crate::truth::{routing_status_json, uc_user_presence_json, user_presence_json};
+
+/// Ids one bulk presence request may ask for (the SDK: "Limit 50").
+pub(crate) const BULK_PRESENCE_MAX: usize = 50;
 
 /// The whole router: service, socket and control API.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -50,6 +58,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v2/users", get(list_users))
         .route("/api/v2/routing/queues", get(list_queues))
         .route("/api/v2/routing/queues/{id}/members", get(list_members))
+        .route(
+            "/api/v2/users/presences/purecloud/bulk",
+            get(bulk_presences),
+        )
+        .route("/api/v2/users/{id}/presences/purecloud", get(user_presence))
+        .route("/api/v2/users/{id}/routingstatus", get(routing_status))
+        .route(
+            "/api/v2/analytics/conversations/details/query",
+            post(conversation_details),
+        )
         .route("/channels/{id}", get(socket::upgrade))
         .nest("/_emulator", control::router())
         .fallback(not_found)
@@ -61,7 +79,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Records the request (method, path without query, kind, status) and
-/// answers with a planned failure instead when one is due.
+/// answers with a 429 instead when the org REST rate limit is reached, or
+/// with a planned failure when one is due. A request the limit refuses
+/// does not count against it; one answered by a planned failure does.
 async fn record_and_inject(
     State(shared): State<Arc<Shared>>,
     req: Request,
@@ -71,7 +91,14 @@ async fn record_and_inject(
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let kind = RequestKind::classify(&method, &path);
-    let planned = lock(&shared.faults).take(kind);
+    let limited = match &shared.rest_limit {
+        Some(window) if path.starts_with("/api/v2/") => lock(window)
+            .admit(tokio::time::Instant::now())
+            .err()
+            .map(|retry_after_secs| Failure::TooManyRequests { retry_after_secs }),
+        _ => None,
+    };
+    let planned = limited.or_else(|| lock(&shared.faults).take(kind));
     let resp = match planned {
         Some(f) => {
             tracing::info!(?kind, failure = ?f, "Injecting a failure.");
@@ -394,6 +421,72 @@ async fn list_members(
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(lock(&shared.state).directory.members_page(&id, &q)?))
+}
+
+/// `GET /api/v2/users/presences/purecloud/bulk?id=a,b`: a JSON array of
+/// `UcUserPresence`, in the order asked, each user once; ids that name no
+/// user are left out.
+async fn bulk_presences(
+    State(shared): State<Arc<Shared>>,
+    _auth: Authed,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let mut ids = list_param(&q, "id");
+    if ids.is_empty() {
+        return Err(ApiError::BadRequest("At least one id is required.".into()));
+    }
+    if ids.len() > BULK_PRESENCE_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "At most {BULK_PRESENCE_MAX} ids may be requested, got {}.",
+            ids.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    let st = lock(&shared.state);
+    let found: Vec<Value> = ids
+        .iter()
+        .filter_map(|id| st.truth.user(id))
+        .map(|u| uc_user_presence_json(&u.presence))
+        .collect();
+    Ok(Json(Value::Array(found)))
+}
+
+fn no_user(id: &str) -> ApiError {
+    ApiError::NotFound(format!("User with id {id} was not found."))
+}
+
+/// `GET /api/v2/users/{userId}/presences/purecloud`: a `UserPresence`.
+async fn user_presence(
+    State(shared): State<Arc<Shared>>,
+    _auth: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let st = lock(&shared.state);
+    let user = st.truth.user(&id).ok_or_else(|| no_user(&id))?;
+    Ok(Json(user_presence_json(&user.presence)))
+}
+
+/// `GET /api/v2/users/{userId}/routingstatus`: a `RoutingStatus`.
+async fn routing_status(
+    State(shared): State<Arc<Shared>>,
+    _auth: Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let st = lock(&shared.state);
+    let user = st.truth.user(&id).ok_or_else(|| no_user(&id))?;
+    Ok(Json(routing_status_json(&user.routing_status)))
+}
+
+/// `POST /api/v2/analytics/conversations/details/query`.
+async fn conversation_details(
+    State(shared): State<Arc<Shared>>,
+    _auth: Authed,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let query = analytics::Query::parse(&body)?;
+    let st = lock(&shared.state);
+    Ok(Json(query.run(&st.truth)))
 }
 
 #[cfg(test)]

@@ -22,6 +22,10 @@
 //! - `topics` and `bodies`: the catalogue and realistic event bodies.
 //! - `generator`: publishes at a rate.
 //! - `control`: the `/_emulator/...` JSON API.
+//! - [`truth`]: the current state (presence, routing status,
+//!   conversations) that publishing keeps equal to the last events, and
+//!   its REST shapes; `analytics` answers the conversation details query
+//!   from it; `limit` is the optional org REST rate limit.
 //! - [`records`], [`faults`]: the public record and fault types.
 //!
 //! Conventions that are the emulator's own (the service does not document
@@ -48,6 +52,7 @@
 
 #![forbid(unsafe_code)]
 
+mod analytics;
 mod api_error;
 mod bodies;
 pub mod config;
@@ -57,11 +62,13 @@ mod emulator;
 pub mod faults;
 mod generator;
 mod http;
+mod limit;
 pub mod records;
 mod socket;
 mod state;
 pub mod time;
 mod topics;
+pub mod truth;
 
 pub use config::{Config, ConfigError, Division, RecordMode};
 pub use directory::{
@@ -72,6 +79,9 @@ pub use faults::{Failure, Malformed, RequestKind, Target};
 pub use records::{
     ChannelInfo, DeathReason, DisconnectReason, EventRecord, EventStats, Gap, RequestRecord,
     SocketRecord,
+};
+pub use truth::{
+    ConversationState, ParticipantState, PresenceState, RoutingState, UserCurrentState,
 };
 
 /// Catalogue template ids (`v2.users.{id}.presence` ...), subscribable

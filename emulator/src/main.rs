@@ -115,6 +115,16 @@ struct Args {
     #[arg(long)]
     public_url: Option<String>,
 
+    /// Conversations kept for the analytics details query (the first to
+    /// end goes first past this many).
+    #[arg(long, default_value_t = genesys_emulator::truth::DEFAULT_MAX_CONVERSATIONS)]
+    max_conversations: usize,
+
+    /// Org REST rate limit: /api/v2 requests per sliding minute; over it,
+    /// 429 with Retry-After. Default: no limit.
+    #[arg(long)]
+    rest_requests_per_minute: Option<u32>,
+
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -155,6 +165,8 @@ impl Args {
             max_records: self.max_records,
             max_request_records: defaults.max_request_records,
             public_url: self.public_url,
+            max_conversations: self.max_conversations,
+            rest_requests_per_minute: self.rest_requests_per_minute,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! channels (lifetime, the per-client limit, death), subscriptions (limits,
 //! forbidden and invalid topics, combined topics, exclusive mode), sockets
 //! attached to channels, publishing, and the per-topic coverage record. It
-//! holds the directory (`directory.rs` has its rules).
+//! holds the directory (`directory.rs` has its rules) and the truth
+//! (`truth.rs`), which publishing updates.
 //!
 //! One mutex guards [`State`]; the event log has its own so that socket
 //! writers can record deliveries without touching the state. Lock order is
@@ -31,11 +32,13 @@ use crate::api_error::ApiError;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::faults::{FailPlan, Malformed, Target};
+use crate::limit::SlidingWindow;
 use crate::records::{
     ChannelInfo, DeathReason, DisconnectReason, EventLog, Gap, RequestLog, SocketRecord,
 };
 use crate::time::rfc3339;
 use crate::topics::{expand, glob, is_subscribable, match_topic};
+use crate::truth::{self, Truth, Update};
 
 /// Locks a mutex; a panic elsewhere must not take the emulator down with it.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,6 +83,8 @@ pub(crate) struct Shared {
     pub log: Mutex<EventLog>,
     pub requests: Mutex<RequestLog>,
     pub faults: Mutex<FailPlan>,
+    /// The org REST rate limit, when the config sets one.
+    pub rest_limit: Option<Mutex<SlidingWindow>>,
     /// Frames queued to sockets and not yet written or discarded.
     pub in_flight: AtomicU64,
     /// WebSocket connections open now (any channel, dead ones included).
@@ -124,7 +129,16 @@ impl Shared {
             let p = p.borrow();
             let seq = st.next_seq;
             st.next_seq += 1;
-            let text = Utf8Bytes::from(p.assemble(seq));
+            // The truth moves in the same step as the sequence, so it always
+            // equals the last published body; a body whose time had to move
+            // forward is published as moved.
+            let retimed = p.update.as_ref().and_then(|u| st.truth.apply(u, seq, wall));
+            let text = match retimed {
+                Some(body) => {
+                    Utf8Bytes::from(Prepared::new(&p.topic, &body.to_string()).assemble(seq))
+                }
+                None => Utf8Bytes::from(p.assemble(seq)),
+            };
             let name = match st.topics.get(p.topic.as_str()) {
                 Some(e) => e.name.clone(),
                 None => Arc::from(p.topic.as_str()),
@@ -179,9 +193,20 @@ pub(crate) struct Prepared {
     pub topic: String,
     head: String,
     tail: String,
+    /// What publishing it changes in the truth (presence, routing status,
+    /// conversations), taken from the body when it was built.
+    update: Option<Update>,
 }
 
 impl Prepared {
+    /// A frame for `body`, with the truth update it carries.
+    pub(crate) fn from_value(topic: &str, body: &Value) -> Prepared {
+        let text = body.to_string();
+        let mut p = Prepared::new(topic, &text);
+        p.update = truth::extract(topic, body, &text);
+        p
+    }
+
     /// `body` must be serialized JSON; an object gets `emulatorSequence` as
     /// its first field, anything else is sent as it is.
     pub(crate) fn new(topic: &str, body: &str) -> Prepared {
@@ -201,6 +226,7 @@ impl Prepared {
                         "{{\"topicName\":{topic_json},\"version\":\"2\",\"eventBody\":{{\"emulatorSequence\":"
                     ),
                     tail: format!("{sep}{rest}{trailer}"),
+                    update: None,
                 }
             }
             None => Prepared {
@@ -209,6 +235,7 @@ impl Prepared {
                 tail: format!(
                     "{{\"topicName\":{topic_json},\"version\":\"2\",\"eventBody\":{body}{trailer}"
                 ),
+                update: None,
             },
         }
     }
@@ -384,6 +411,9 @@ pub(crate) struct State {
     /// Users, queues and memberships; under this lock so that a change and
     /// the generator's fence move together.
     pub directory: Directory,
+    /// Presence, routing status and conversations now; under this lock so
+    /// that publishing and the truth move together.
+    pub truth: Truth,
 }
 
 impl State {

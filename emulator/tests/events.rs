@@ -141,7 +141,13 @@ async fn body_reuse_shares_a_frame_among_events_with_their_own_sequences() {
     .await;
     let api = Api::login(&emu).await;
     let (channel, uri) = api.create_channel().await;
-    let topics = emu.sample_topics(1);
+    // Not presence or routing status: their times must strictly increase,
+    // so a reused body of theirs is published with its time moved.
+    let topics: Vec<String> = emu
+        .sample_topics(5)
+        .into_iter()
+        .filter(|t| t.ends_with(".activity"))
+        .collect();
     api.put(&channel, &[topics[0].as_str()]).await;
     let mut ws = connect(&uri).await;
     emu.set_rate(200.0);
