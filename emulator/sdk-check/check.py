@@ -5,8 +5,10 @@
 Usage: check.py BASE_URL   (an emulator started with --exclusive-subscriptions)
 
 It logs in with client credentials, drives the notification API through the
-SDK (channels, subscriptions, availabletopics) and the directory (users,
-queues, queue members, walking every page), then checks sample event bodies
+SDK (channels, subscriptions, availabletopics), the directory (users,
+queues, queue members, walking every page) and the current state a client
+reads after a gap (bulk and per-user presence, routing status, the
+conversation details query), then checks sample event bodies
 and real socket frames against the SDK models. The SDK's own
 deserializer is lenient (unknown fields are dropped, bad enum values become
 "outdated_sdk_version"), so every reply is also checked strictly: each JSON
@@ -88,6 +90,15 @@ REQUIRED = {
     "Queue": ["id", "name", "division", "memberCount", "dateCreated", "selfUri"],
     "QueueMember": ["id", "name", "user", "memberBy", "joined", "selfUri"],
     "Division": ["id", "name"],
+    "UcUserPresence": ["id", "userId", "source", "sourceId", "presenceDefinition", "message", "modifiedDate"],
+    "UserPresence": ["source", "presenceDefinition", "modifiedDate"],
+    "PresenceDefinition": ["id", "systemPresence"],
+    "RoutingStatus": ["userId", "status", "startTime"],
+    "AnalyticsConversationQueryResponse": ["totalHits"],
+    "AnalyticsConversationWithoutAttributes": ["conversationId", "conversationStart", "participants"],
+    "AnalyticsParticipantWithoutAttributes": ["participantId", "purpose", "sessions"],
+    "AnalyticsSession": ["mediaType", "segments"],
+    "AnalyticsConversationSegment": ["segmentStart", "segmentType"],
 }
 for _m in BODY_MODELS.values():
     if "DetailEventTopic" in _m:
@@ -312,6 +323,111 @@ def check_directory(client, base):
         sdk_deserialize(client, "ErrorBody", json.loads(e.body), "404 ErrorBody")
 
 
+def check_state(client, base, user, queue):
+    """Presence, routing status and the details query, through the SDK: the
+    replies must be the SDK's models and equal what was last published."""
+    presence_api = gc.PresenceApi(client)
+    users_api = gc.UsersApi(client)
+    conversations = gc.ConversationsApi(client)
+    other = control(base, "GET", "/ids")["userIds"][1]
+
+    # A known presence and routing status, published as events.
+    control(base, "POST", "/publish", {"topic": f"v2.users.{user}.presence", "body": {
+        "source": "PURECLOUD",
+        "presenceDefinition": {"id": "6a3af858-942f-489d-9700-000000000001", "systemPresence": "Busy"},
+        "message": "in a meeting",
+        "modifiedDate": "2030-01-01T00:00:00.000Z",
+    }})
+    seq = control(base, "POST", "/publish", {"topic": f"v2.users.{user}.routingStatus"})["seq"]
+    truth = control(base, "GET", f"/state/users/{user}")
+    ok(truth["routingStatus"]["seq"] == seq, "control state names the last routingStatus event")
+
+    # The SDK sends the id list comma-joined; the emulator leaves unknown ids out.
+    got = presence_api.get_users_presences_purecloud_bulk(id=[user, "no-such-user", other])
+    data = last_json(client)
+    ok(isinstance(data, list), "bulk presence is a JSON array")
+    for i, entry in enumerate(data):
+        sdk_deserialize(client, "UcUserPresence", entry, f"bulk presence [{i}]")
+    ok([p.user_id for p in got] == [user, other], "bulk presence: asked users in order, unknown left out")
+    mine = got[0]
+    ok(mine.presence_definition.system_presence == "Busy" and mine.message == "in a meeting",
+       "bulk presence equals the published body")
+    ok(mine.modified_date.year == 2030, "bulk presence keeps the published modifiedDate")
+    try:
+        presence_api.get_users_presences_purecloud_bulk(id=[f"u{i}" for i in range(51)])
+        ok(False, "bulk presence with 51 ids must fail")
+    except ApiException as e:
+        ok(e.status == 400, f"bulk presence with 51 ids: status {e.status}")
+        sdk_deserialize(client, "ErrorBody", json.loads(e.body), "bulk 400 ErrorBody")
+
+    one = presence_api.get_user_presences_purecloud(user)
+    sdk_deserialize(client, "UserPresence", last_json(client), "user presence")
+    ok(one.presence_definition.system_presence == "Busy", "user presence equals the published body")
+
+    status = users_api.get_user_routingstatus(user)
+    sdk_deserialize(client, "RoutingStatus", last_json(client), "routing status")
+    ok(status.user_id == user and status.status == truth["routingStatus"]["status"],
+       "routing status equals the last published event")
+    try:
+        users_api.get_user_routingstatus("no-such-user")
+        ok(False, "routing status of an unknown user must fail")
+    except ApiException as e:
+        ok(e.status == 404, f"routing status of an unknown user: status {e.status}")
+        sdk_deserialize(client, "ErrorBody", json.loads(e.body), "routing status 404 ErrorBody")
+
+    # Conversations on the queue: one open, one ended (the same body with
+    # every participant's endTime set).
+    topic = f"v2.routing.queues.{queue}.conversations.calls"
+    control(base, "POST", "/publish", {"topic": topic})
+    ended = control(base, "GET", f"/sample-body?topic={urllib.request.quote(topic)}")["body"]
+    end_time = max(p["connectedTime"] for p in ended["participants"])
+    for p in ended["participants"]:
+        p.setdefault("endTime", end_time)
+    control(base, "POST", "/publish", {"topic": topic, "body": ended})
+    kept = control(base, "GET", f"/state/conversations?queueId={queue}")
+
+    query = gc.ConversationQuery()
+    query.interval = "2000-01-01T00:00:00.000Z/2100-01-01T00:00:00.000Z"
+    query.order = "asc"
+    query.order_by = "conversationStart"
+    predicate = gc.SegmentDetailQueryPredicate()
+    predicate.type = "dimension"
+    predicate.dimension = "queueId"
+    predicate.operator = "matches"
+    predicate.value = queue
+    segment_filter = gc.SegmentDetailQueryFilter()
+    segment_filter.type = "and"
+    segment_filter.predicates = [predicate]
+    query.segment_filters = [segment_filter]
+    paging = gc.PagingSpec()
+    paging.page_size = 100
+    paging.page_number = 1
+    query.paging = paging
+    reply = conversations.post_analytics_conversations_details_query(query)
+    data = last_json(client)
+    sdk_deserialize(client, "AnalyticsConversationQueryResponse", data, "details query")
+    ok(reply.total_hits == len(kept), f"details query: totalHits {reply.total_hits} == {len(kept)} kept")
+    found = {c.conversation_id: c for c in reply.conversations or []}
+    ok(ended["id"] in found and found[ended["id"]].conversation_end is not None,
+       "details query shows the ended conversation with its end")
+    ok(all(any(s.queue_id == queue for p in c.participants for sess in p.sessions for s in sess.segments)
+           for c in found.values()), "details query: every conversation has a segment on the queue")
+
+    empty = gc.ConversationQuery()
+    empty.interval = "2000-01-01T00:00:00.000Z/2000-01-02T00:00:00.000Z"
+    reply = conversations.post_analytics_conversations_details_query(empty)
+    sdk_deserialize(client, "AnalyticsConversationQueryResponse", last_json(client), "empty details query")
+    ok(reply.total_hits == 0 and not reply.conversations, "details query before any conversation is empty")
+    bad = gc.ConversationQuery()
+    bad.interval = "2000-01-02T00:00:00.000Z/2000-01-01T00:00:00.000Z"
+    try:
+        conversations.post_analytics_conversations_details_query(bad)
+        ok(False, "a backwards interval must fail")
+    except ApiException as e:
+        ok(e.status == 400, f"backwards interval: status {e.status}")
+        sdk_deserialize(client, "ErrorBody", json.loads(e.body), "details query 400 ErrorBody")
+
+
 def main():
     base = sys.argv[1].rstrip("/")
     ids = control(base, "GET", "/ids")
@@ -401,6 +517,9 @@ def main():
 
     # ---- directory -----------------------------------------------------------------
     check_directory(client, base)
+
+    # ---- current state (resync after a gap) -----------------------------------------
+    check_state(client, base, user, queue)
 
     # ---- sample bodies (control endpoint) ------------------------------------------
     def topic_for(template):
