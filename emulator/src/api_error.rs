@@ -63,6 +63,10 @@ impl ApiError {
                 };
                 (s, code)
             }
+            // Never an error reply: the middleware serves it, late.
+            ApiError::Injected(Failure::SlowReply { .. }) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal.server.error")
+            }
         }
     }
 }

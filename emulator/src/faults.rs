@@ -115,6 +115,13 @@ pub enum Failure {
         /// The HTTP status to answer with.
         status: u16,
     },
+    /// The request is served as usual, but its reply leaves `delay_ms`
+    /// later: it carries the state of its arrival while the state moves on
+    /// (a fetch in flight while a newer event is published).
+    SlowReply {
+        /// How long the reply is held.
+        delay_ms: u64,
+    },
 }
 
 /// One kind's planned failures.

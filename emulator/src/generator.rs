@@ -180,19 +180,35 @@ impl Frames {
         self.open.retain(|t, _| live.contains(t));
     }
 
-    /// The next body on `topic`: the next step of a conversation on
+    /// The next frame on `topic`: the next step of a conversation on
     /// conversation topics, a fresh body otherwise.
-    fn body<R: Rng>(&mut self, rng: &mut R, pools: &Pools<'_>, topic: &Arc<str>) -> Value {
+    fn frame<R: Rng>(&mut self, rng: &mut R, pools: &Pools<'_>, topic: &Arc<str>) -> Prepared {
         let Some((template, ids)) = match_topic(topic) else {
-            return bodies::for_topic(rng, pools, topic);
+            return Prepared::from_value(topic, &bodies::for_topic(rng, pools, topic));
         };
+        let kind = template.kind;
         let id = ids.first().map(String::as_str).unwrap_or_default();
-        if !matches!(
-            template.kind,
+        let body = if matches!(
+            kind,
             BodyKind::UserConversation(_) | BodyKind::QueueConversation(_)
         ) {
-            return bodies::build(rng, pools, template.kind, id);
-        }
+            self.conversation_step(rng, pools, topic, kind, id)
+        } else {
+            bodies::build(rng, pools, kind, id)
+        };
+        Prepared::from_kind(topic, kind, id, &body)
+    }
+
+    /// Ends the oldest conversation `topic` keeps open (always when
+    /// `MAX_OPEN` are, else by a coin), or answers a new one.
+    fn conversation_step<R: Rng>(
+        &mut self,
+        rng: &mut R,
+        pools: &Pools<'_>,
+        topic: &Arc<str>,
+        kind: BodyKind,
+        id: &str,
+    ) -> Value {
         let open = self.open.entry(topic.clone()).or_default();
         if !open.is_empty() && (open.len() >= MAX_OPEN || rng.random_bool(0.5)) {
             if let Some(conv) = open.pop_front() {
@@ -200,13 +216,13 @@ impl Frames {
                 return conv.body(rng, pools, Some(now));
             }
         }
-        match Conversation::start(rng, pools, template.kind, id) {
+        match Conversation::start(rng, pools, kind, id) {
             Some(conv) => {
                 let body = conv.body(rng, pools, None);
                 open.push_back(conv);
                 body
             }
-            None => bodies::build(rng, pools, template.kind, id),
+            None => bodies::build(rng, pools, kind, id),
         }
     }
 
@@ -228,8 +244,7 @@ impl Frames {
                         return Some(frame.clone());
                     }
                 }
-                let body = self.body(&mut rng, &pools, topic);
-                let frame = Arc::new(Prepared::from_value(topic, &body));
+                let frame = Arc::new(self.frame(&mut rng, &pools, topic));
                 if self.reuse > 1 {
                     self.kept
                         .insert(topic.clone(), (frame.clone(), self.reuse - 1));

@@ -100,6 +100,12 @@ async fn record_and_inject(
     };
     let planned = limited.or_else(|| lock(&shared.faults).take(kind));
     let resp = match planned {
+        Some(Failure::SlowReply { delay_ms }) => {
+            tracing::info!(?kind, delay_ms, "Holding a reply.");
+            let resp = next.run(req).await;
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            resp
+        }
         Some(f) => {
             tracing::info!(?kind, failure = ?f, "Injecting a failure.");
             ApiError::Injected(f).into_response()

@@ -37,7 +37,7 @@ use crate::records::{
     ChannelInfo, DeathReason, DisconnectReason, EventLog, Gap, RequestLog, SocketRecord,
 };
 use crate::time::rfc3339;
-use crate::topics::{expand, glob, is_subscribable, match_topic};
+use crate::topics::{expand, glob, is_subscribable, match_topic, BodyKind};
 use crate::truth::{self, Truth, Update};
 
 /// Locks a mutex; a panic elsewhere must not take the emulator down with it.
@@ -204,6 +204,15 @@ impl Prepared {
         let text = body.to_string();
         let mut p = Prepared::new(topic, &text);
         p.update = truth::extract(topic, body, &text);
+        p
+    }
+
+    /// As [`Prepared::from_value`] for a topic already matched to its body
+    /// kind and id (the generator's case: no second template match).
+    pub(crate) fn from_kind(topic: &str, kind: BodyKind, id: &str, body: &Value) -> Prepared {
+        let text = body.to_string();
+        let mut p = Prepared::new(topic, &text);
+        p.update = truth::extract_kind(kind, id, body, &text);
         p
     }
 

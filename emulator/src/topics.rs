@@ -384,23 +384,29 @@ fn valid_id_segment(s: &str) -> bool {
 
 /// The template a single topic name matches, and the ids it carries.
 pub(crate) fn match_topic(topic: &str) -> Option<(&'static Template, Vec<String>)> {
-    let parts: Vec<&str> = topic.split('.').collect();
+    // Called for every generated event: compare segments in place and
+    // allocate only for the match.
+    let n = topic.split('.').count();
     'templates: for t in CATALOGUE {
-        let tparts: Vec<&str> = t.id.split('.').collect();
-        if tparts.len() != parts.len() {
+        if t.id.split('.').count() != n {
             continue;
         }
-        let mut ids = Vec::new();
-        for (tp, p) in tparts.iter().zip(&parts) {
-            if *tp == "{id}" {
-                if !valid_id_segment(p) {
-                    continue 'templates;
-                }
-                ids.push((*p).to_owned());
-            } else if tp != p {
+        for (tp, p) in t.id.split('.').zip(topic.split('.')) {
+            let fits = if tp == "{id}" {
+                valid_id_segment(p)
+            } else {
+                tp == p
+            };
+            if !fits {
                 continue 'templates;
             }
         }
+        let ids =
+            t.id.split('.')
+                .zip(topic.split('.'))
+                .filter(|(tp, _)| *tp == "{id}")
+                .map(|(_, p)| p.to_owned())
+                .collect();
         return Some((t, ids));
     }
     None

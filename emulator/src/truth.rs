@@ -181,7 +181,8 @@ pub(crate) struct ConversationUpdate {
     id: String,
     start: Option<SystemTime>,
     end: Option<SystemTime>,
-    participants: Vec<ParticipantState>,
+    /// Shared with the record: applying under the lock copies no strings.
+    participants: Arc<[ParticipantState]>,
     body: Arc<str>,
 }
 
@@ -211,12 +212,17 @@ const MEDIA_KEYS: &[(&str, &str)] = &[
 /// `body` serialized (conversations keep it as their last body).
 pub(crate) fn extract(topic: &str, body: &Value, text: &str) -> Option<Update> {
     let (template, ids) = match_topic(topic)?;
-    match template.kind {
+    extract_kind(template.kind, ids.first()?, body, text)
+}
+
+/// As [`extract`], for a topic already matched: its body kind and id.
+pub(crate) fn extract_kind(kind: BodyKind, id: &str, body: &Value, text: &str) -> Option<Update> {
+    match kind {
         BodyKind::Presence => {
             let def = body.get("presenceDefinition")?;
             let at_text = body.get("modifiedDate")?.as_str()?.to_owned();
             Some(Update::Presence(TimedUpdate {
-                user: ids.into_iter().next()?,
+                user: id.to_owned(),
                 value: opt_str(def.get("systemPresence")?)?,
                 definition_id: def.get("id").and_then(opt_str).unwrap_or_default(),
                 message: body.get("message").and_then(opt_str).unwrap_or_default(),
@@ -229,7 +235,7 @@ pub(crate) fn extract(topic: &str, body: &Value, text: &str) -> Option<Update> {
             let rs = body.get("routingStatus")?;
             let at_text = rs.get("startTime")?.as_str()?.to_owned();
             Some(Update::Routing(TimedUpdate {
-                user: ids.into_iter().next()?,
+                user: id.to_owned(),
                 value: opt_str(rs.get("status")?)?,
                 definition_id: String::new(),
                 message: String::new(),
@@ -264,7 +270,7 @@ fn conversation_update(body: &Value, text: &str) -> Option<ConversationUpdate> {
         id,
         start,
         end,
-        participants,
+        participants: participants.into(),
         body: Arc::from(text),
     })
 }
@@ -457,7 +463,7 @@ pub(crate) struct Record {
     pub id: String,
     pub start: SystemTime,
     pub end: Option<SystemTime>,
-    pub participants: Vec<ParticipantState>,
+    pub participants: Arc<[ParticipantState]>,
     last_body: Arc<str>,
     last_seq: u64,
 }
@@ -468,7 +474,7 @@ impl Record {
             id: self.id.clone(),
             start: self.start,
             end: self.end,
-            participants: self.participants.clone(),
+            participants: self.participants.to_vec(),
             last_body: serde_json::from_str(&self.last_body).unwrap_or(Value::Null),
             last_seq: self.last_seq,
         }
@@ -504,7 +510,7 @@ impl Conversations {
             }
             r.start = u.start.map_or(r.start, |s| s.min(r.start));
             r.end = u.end;
-            r.participants.clone_from(&u.participants);
+            r.participants = u.participants.clone();
             r.last_body = u.body.clone();
             r.last_seq = seq;
             if let Some(end) = r.end {
