@@ -6,16 +6,19 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Settings;
+use crate::checkpoint;
+use crate::config::{Settings, SinkKind};
 use crate::connection;
 use crate::directory::{Directory, Entities};
 use crate::pipeline::{self, dedup::Dedup, route};
+use crate::resync::Resync;
 use crate::sink;
 
 /// The Kafka topics the configured Genesys topics (and templates, whose
@@ -41,6 +44,7 @@ pub fn kafka_topics(settings: &Settings) -> Vec<String> {
         .map(|t| router.kafka_topic(&t).to_string())
         .collect();
     names.insert(router.gaps_topic().to_string());
+    names.insert(router.state_topic().to_string());
     names.into_iter().collect()
 }
 
@@ -91,10 +95,52 @@ pub async fn run(
     if directory.needed() {
         tasks.spawn(directory.run(api.clone(), topics_tx, shutdown.clone()));
     }
+    // Resyncs: their records join the pipeline's input like notifications.
+    let r = &settings.resync;
+    let resync = (r.enabled || r.on_start).then(|| {
+        let (jobs, jobs_rx) = mpsc::channel(1024);
+        let stage = Resync::new(api.clone(), inbound_tx.clone(), r.clone());
+        tasks.spawn(stage.run(jobs_rx, shutdown.clone()));
+        connection::ResyncRequests {
+            jobs,
+            after_gaps: r.enabled,
+            on_start: r.on_start,
+            lookback: r.conversations_lookback,
+        }
+    });
+    // With Kafka, the bridge's own downtime is a gap too: read what the
+    // previous process left (see `checkpoint`).
+    let checkpoints = match settings.pipeline.sink {
+        SinkKind::Kafka => {
+            let key = checkpoint::key(&settings);
+            let topic = checkpoint::topic(&settings.kafka.topic_prefix);
+            let previous =
+                checkpoint::read(&settings.kafka, &topic, &key, Duration::from_secs(10)).await;
+            if let Some(previous) = &previous {
+                tracing::info!(
+                    shards = previous.len(),
+                    "Found the previous process's record: its downtime is a gap."
+                );
+            }
+            Some(connection::Checkpoints { key, previous })
+        }
+        SinkKind::Stdout => None,
+    };
     let supervisor = tasks.spawn({
         let settings = settings.clone();
         let shutdown = shutdown.clone();
-        async move { connection::run(&settings, api, topics, inbound_tx, shutdown).await }
+        async move {
+            connection::run(
+                &settings,
+                api,
+                topics,
+                inbound_tx,
+                resync,
+                checkpoints,
+                shutdown,
+            )
+            .await
+        }
     });
     let g = &settings.genesys;
     tracing::info!(

@@ -38,6 +38,8 @@ pub struct FileConfig {
     pub log: LogSection,
     /// Where `{user}` and `{queue}` topic templates take their ids from.
     pub directory: DirectorySection,
+    /// State fetched from the REST API after every gap and at start.
+    pub resync: ResyncSection,
     /// How long shutdown may take to drain and flush (keep it below the pod's
     /// `terminationGracePeriodSeconds`).
     #[serde(with = "humantime_serde")]
@@ -317,6 +319,35 @@ impl Default for DirectorySection {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResyncSection {
+    /// After every gap, publish the current state of its topics' resources.
+    pub enabled: bool,
+    /// The same for every resource when a shard first subscribes.
+    pub on_start: bool,
+    /// REST requests a minute the resync may make (Genesys allows about
+    /// 300 for a client-credentials token, shared with everything else).
+    pub max_requests_per_minute: u32,
+    /// Resources waiting to be fetched, at most; beyond, a resync is partial.
+    pub max_pending_resources: usize,
+    /// How far back the start-up snapshot looks for conversations.
+    #[serde(with = "humantime_serde")]
+    pub conversations_lookback: Duration,
+}
+
+impl Default for ResyncSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            on_start: true,
+            max_requests_per_minute: 120,
+            max_pending_resources: 100_000,
+            conversations_lookback: Duration::from_secs(3600),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UsersFrom {
@@ -357,6 +388,7 @@ impl Default for FileConfig {
             admin: AdminSection::default(),
             log: LogSection::default(),
             directory: DirectorySection::default(),
+            resync: ResyncSection::default(),
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -391,6 +423,7 @@ pub struct Settings {
     pub dedup: DedupSection,
     pub pipeline: PipelineSection,
     pub admin_listen: Option<SocketAddr>,
+    pub resync: ResyncSection,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
 }
@@ -746,6 +779,7 @@ pub fn validate(raw: FileConfig) -> Result<Settings, ConfigError> {
         dedup: raw.dedup,
         pipeline: raw.pipeline,
         admin_listen,
+        resync: resync(raw.resync)?,
         log_format: raw.log.format,
         shutdown_grace: raw.shutdown_grace,
     })
@@ -879,6 +913,24 @@ fn topics(g: &GenesysSection) -> Result<(Vec<String>, Vec<Template>), ConfigErro
         ));
     }
     Ok((topics, templates))
+}
+
+fn resync(r: ResyncSection) -> Result<ResyncSection, ConfigError> {
+    if !(1..=10_000).contains(&r.max_requests_per_minute) {
+        return Err(ConfigError::new(
+            "resync.max_requests_per_minute",
+            format!("{} is out of range", r.max_requests_per_minute),
+            "use 1 to 10000; keep it well under the org's REST limit (about 300 a minute unless raised), default 120",
+        ));
+    }
+    if r.max_pending_resources == 0 {
+        return Err(ConfigError::new(
+            "resync.max_pending_resources",
+            "zero",
+            "use the default 100000 or another positive number",
+        ));
+    }
+    Ok(r)
 }
 
 fn directory(d: DirectorySection) -> Result<DirectorySection, ConfigError> {

@@ -94,6 +94,8 @@ impl Notification {
 /// events published then are lost for good, so consumers must resync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gap {
+    /// Names the gap in its marker and in the records of its resync.
+    pub id: Arc<str>,
     pub started_at: SystemTime,
     pub ended_at: SystemTime,
     /// Why the shard went blind.
@@ -101,11 +103,93 @@ pub struct Gap {
     pub topics: Arc<[String]>,
 }
 
-/// What flows from the connection manager into the pipeline.
+impl Gap {
+    /// A fresh gap id (a UUID).
+    pub fn new_id() -> Arc<str> {
+        uuid::Uuid::new_v4().to_string().into()
+    }
+}
+
+/// The current state of one resource, fetched from the REST API after a
+/// gap (or at start), shaped as the notification it stands for.
+#[derive(Debug, Clone)]
+pub struct ResyncRecord {
+    /// The single topic it stands for (`v2.users.<id>.presence`).
+    pub topic: Arc<str>,
+    /// The resource id (the Kafka key, as for the notification).
+    pub resource: Arc<str>,
+    /// For queue-conversation topics: the queue.
+    pub queue_id: Option<Arc<str>>,
+    /// `{"topicName":..,"version":"2","eventBody":{..},"metadata":{..}}`.
+    pub value: Bytes,
+    /// When the fetch was sent: a notification for the same topic and
+    /// resource received after this is newer, and wins.
+    pub fetched_at: SystemTime,
+    /// The gap it repairs (`startup` for the start-up snapshot).
+    pub resync_of: Arc<str>,
+    pub kind: ResyncKind,
+}
+
+/// What a resync record holds (the `kind` label of its metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResyncKind {
+    Presence,
+    RoutingStatus,
+    Conversation,
+}
+
+impl ResyncKind {
+    pub const ALL: [ResyncKind; 3] = [
+        ResyncKind::Presence,
+        ResyncKind::RoutingStatus,
+        ResyncKind::Conversation,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResyncKind::Presence => "presence",
+            ResyncKind::RoutingStatus => "routing_status",
+            ResyncKind::Conversation => "conversation",
+        }
+    }
+}
+
+/// A resync to do: the current state of every resource behind `topics`.
+#[derive(Debug, Clone)]
+pub struct ResyncJob {
+    /// The gap id, or `startup`.
+    pub resync_of: Arc<str>,
+    pub topics: Arc<[String]>,
+    /// Conversations active since this moment are fetched (the gap's start).
+    pub since: SystemTime,
+    /// When the gap closed (or the shard subscribed): `resync_seconds` runs from here.
+    pub opened: tokio::time::Instant,
+}
+
+/// The end of one gap's resync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResyncDone {
+    pub resync_of: Arc<str>,
+    /// Every resource was fetched (else some could not be: `partial`).
+    pub complete: bool,
+    pub resources: usize,
+    pub finished_at: SystemTime,
+}
+
+/// What flows into the pipeline: from the connection manager, and from
+/// the resync stage.
 #[derive(Debug, Clone)]
 pub enum Inbound {
     Event(Notification),
     Gap(Gap),
+    Resync(ResyncRecord),
+    ResyncDone(ResyncDone),
+    /// The shards' last receiving moments, for the next process to find
+    /// (see `checkpoint`).
+    Checkpoint {
+        key: Arc<str>,
+        value: Bytes,
+    },
 }
 
 /// Why a socket was replaced: the `reason` label of
@@ -126,6 +210,10 @@ pub enum Reason {
     TokenRefresh,
     /// The channel no longer exists, or its topics left it.
     ChannelGone,
+    /// The bridge itself was not running (a restart, a deploy, a crash):
+    /// from the last moment a previous process recorded the shard
+    /// receiving, to this process's first subscription. Never a reconnect.
+    ProcessDown,
 }
 
 impl Reason {
@@ -148,6 +236,7 @@ impl Reason {
             Reason::ChannelExpiry => "channel_expiry",
             Reason::TokenRefresh => "token_refresh",
             Reason::ChannelGone => "channel_gone",
+            Reason::ProcessDown => "process_down",
         }
     }
 

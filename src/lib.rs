@@ -27,6 +27,7 @@
 pub mod admin;
 pub mod app;
 pub mod backoff;
+pub mod checkpoint;
 pub mod config;
 pub mod connection;
 #[cfg(feature = "demo")]
@@ -35,6 +36,7 @@ pub mod directory;
 pub mod event;
 pub mod genesys;
 pub mod pipeline;
+pub mod resync;
 pub mod secret;
 pub mod sink;
 pub mod telemetry;

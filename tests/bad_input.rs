@@ -30,7 +30,7 @@ async fn malformed_frames_are_counted_and_lose_nothing() {
             {
                 let api = connection::api(&settings);
                 let topics = connection::fixed_topics(&settings);
-                connection::run(&settings, api, topics, tx, cancel).await
+                connection::run(&settings, api, topics, tx, None, None, cancel).await
             }
         }
     });

@@ -32,7 +32,7 @@ impl Manager {
                 {
                     let api = connection::api(&settings);
                     let topics = connection::fixed_topics(&settings);
-                    connection::run(&settings, api, topics, tx, cancel).await
+                    connection::run(&settings, api, topics, tx, None, None, cancel).await
                 }
             }
         });

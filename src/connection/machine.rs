@@ -423,6 +423,24 @@ impl Machine {
         }
     }
 
+    /// Before [`Machine::start`]: a previous process last recorded `shard`
+    /// receiving at `since`. Its gap (`process_down`) is open from then and
+    /// closes at the shard's first subscription, as any gap does.
+    pub fn down_since(&mut self, shard: usize, since: SystemTime) {
+        if let Some(s) = self.shards.get_mut(shard) {
+            s.gap = Some((since, Reason::ProcessDown));
+        }
+    }
+
+    /// The last moment `shard` was receiving: `now` while it is, the start
+    /// of its open gap while it is blind, `None` if it never was.
+    pub fn last_receiving(&self, shard: usize, now: SystemTime) -> Option<SystemTime> {
+        if self.covering(shard) > 0 {
+            return Some(now);
+        }
+        self.shards[shard].gap.map(|(since, _)| since)
+    }
+
     /// The topics of `shard`, as the machine last heard them.
     pub fn topics(&self, shard: usize) -> &Arc<[String]> {
         &self.shards[shard].topics
@@ -791,6 +809,7 @@ impl Machine {
         out.push(Action::GapClosed {
             shard,
             gap: Gap {
+                id: Gap::new_id(),
                 started_at,
                 ended_at: ended_at.max(started_at),
                 reason,

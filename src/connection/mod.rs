@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::event::Inbound;
+use crate::event::{Inbound, ResyncJob};
 use crate::genesys::auth::{Auth, AuthEvent};
 use crate::genesys::{self, api::Api};
 use crate::telemetry::events;
@@ -31,6 +31,25 @@ pub fn api(settings: &Settings) -> Api {
     let http = genesys::http_client();
     let auth = token_source(settings, http.clone());
     Api::new(http, &settings.genesys.api_base_url, auth)
+}
+
+/// Where the connection manager asks for resyncs: after every gap
+/// (`after_gaps`), and when a shard first subscribes (`on_start`).
+#[derive(Clone)]
+pub struct ResyncRequests {
+    pub jobs: mpsc::Sender<ResyncJob>,
+    pub after_gaps: bool,
+    pub on_start: bool,
+    /// How far back a start-up snapshot looks for conversations.
+    pub lookback: std::time::Duration,
+}
+
+/// The bridge's own record of when each shard was last receiving (see
+/// `checkpoint`): its key, and what a previous process left.
+#[derive(Clone)]
+pub struct Checkpoints {
+    pub key: Arc<str>,
+    pub previous: Option<Vec<Option<std::time::SystemTime>>>,
 }
 
 /// The literal topics of `settings`, as a topic set that never changes
@@ -47,6 +66,8 @@ pub async fn run(
     api: Api,
     topics: watch::Receiver<Arc<[String]>>,
     out: mpsc::Sender<Inbound>,
+    resync: Option<ResyncRequests>,
+    checkpoints: Option<Checkpoints>,
     cancel: CancellationToken,
 ) {
     let g = &settings.genesys;
@@ -58,7 +79,19 @@ pub async fn run(
         heartbeat_timeout: g.heartbeat_timeout,
         max_frame_bytes: g.max_frame_bytes,
     };
-    supervisor::run(ctx, topics, g.redundancy, &settings.reconnect, cancel).await;
+    let extras = supervisor::Extras {
+        resync,
+        checkpoints,
+    };
+    supervisor::run(
+        ctx,
+        topics,
+        g.redundancy,
+        &settings.reconnect,
+        extras,
+        cancel,
+    )
+    .await;
     let _ = refresher.await;
 }
 

@@ -16,13 +16,19 @@ use super::machine::{Action, Coverage, Input, Machine, Now, Report, SessionEvent
 use super::plan::{replan, Plan};
 use super::session::{self, SessionContext, SessionSpec};
 use crate::backoff::Policy;
-use crate::event::Inbound;
+use crate::event::{Inbound, ResyncJob};
 use crate::genesys::{MAX_CHANNELS, MAX_TOPICS_PER_CHANNEL};
 use crate::telemetry::{events, metrics};
 use crate::timer::sleep_until_opt;
 
 /// How long a stopped session may take to close at shutdown.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the supervisor does besides keeping shards covered.
+pub struct Extras {
+    pub resync: Option<super::ResyncRequests>,
+    pub checkpoints: Option<super::Checkpoints>,
+}
 
 /// The most shards `redundancy` allows: every slot holds a channel, and
 /// one channel stays spare for make-before-break moves.
@@ -38,6 +44,7 @@ pub async fn run(
     mut topics: watch::Receiver<Arc<[String]>>,
     redundancy: usize,
     backoff: &Policy,
+    extras: Extras,
     cancel: CancellationToken,
 ) {
     let desired = topics.borrow_and_update().clone();
@@ -51,7 +58,29 @@ pub async fn run(
         plan.unserved.len(),
         max_shards(redundancy) * MAX_TOPICS_PER_CHANNEL,
     );
-    let machine = Machine::with_policy(plan.shards.clone(), redundancy, MAX_CHANNELS, backoff);
+    let mut machine = Machine::with_policy(plan.shards.clone(), redundancy, MAX_CHANNELS, backoff);
+    let Extras {
+        resync,
+        checkpoints,
+    } = extras;
+    // The previous process's downtime: a gap per shard from its last
+    // receiving moment (a shard it did not have: its earliest), whose
+    // resync is this shard's start-up snapshot.
+    let mut snapshotted = HashSet::new();
+    let previous = checkpoints.as_ref().and_then(|c| c.previous.as_ref());
+    if let Some(previous) = previous {
+        let earliest = previous.iter().flatten().min().copied();
+        for shard in 0..machine.shard_count() {
+            if let Some(since) = previous.get(shard).copied().flatten().or(earliest) {
+                machine.down_since(shard, since);
+                metrics().health.gap_opened(shard, since);
+                events::gap_opened(shard, crate::event::Reason::ProcessDown, since);
+                if resync.as_ref().is_some_and(|r| r.after_gaps) {
+                    snapshotted.insert(shard);
+                }
+            }
+        }
+    }
     metrics()
         .health
         .shards_total
@@ -67,6 +96,9 @@ pub async fn run(
         unserved: plan.unserved.len(),
         redundancy,
         topics,
+        resync,
+        snapshotted,
+        checkpoint_key: checkpoints.map(|c| c.key),
         machine,
         sessions: HashMap::new(),
         events_tx,
@@ -86,6 +118,10 @@ struct Supervisor {
     redundancy: usize,
     /// The whole topic set (the directory keeps it current).
     topics: watch::Receiver<Arc<[String]>>,
+    resync: Option<super::ResyncRequests>,
+    /// Shards whose start-up snapshot was asked for.
+    snapshotted: HashSet<usize>,
+    checkpoint_key: Option<Arc<str>>,
     machine: Machine,
     /// Every session task still running.
     sessions: HashMap<SessionId, (CancellationToken, JoinHandle<()>)>,
@@ -107,6 +143,8 @@ impl Supervisor {
         let mut tokens = self.ctx.api.auth().subscribe();
         let actions = self.machine.start();
         self.execute(actions).await;
+        let mut checkpoint = tokio::time::interval(crate::checkpoint::INTERVAL);
+        checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let input = tokio::select! {
                 () = cancel.cancelled() => break,
@@ -124,6 +162,13 @@ impl Supervisor {
                     }
                 }
                 () = sleep_until_opt(self.machine.next_deadline()) => Input::Tick,
+                _ = checkpoint.tick(), if self.checkpoint_key.is_some() => {
+                    if let Some(record) = self.checkpoint() {
+                        // Never wait on a full pipeline: the next tick will do.
+                        let _ = self.ctx.out.try_send(record);
+                    }
+                    continue;
+                }
                 Ok(()) = self.topics.changed() => match self.reshard() {
                     Some(shards) => Input::Shards(shards),
                     None => continue,
@@ -133,6 +178,23 @@ impl Supervisor {
             self.execute(actions).await;
         }
         self.shut_down(events).await;
+        // The last word: when each shard stopped receiving.
+        if let Some(record) = self.checkpoint() {
+            let _ = tokio::time::timeout(STOP_TIMEOUT, self.ctx.out.send(record)).await;
+        }
+    }
+
+    /// The checkpoint record: each shard's last receiving moment.
+    fn checkpoint(&self) -> Option<Inbound> {
+        let key = self.checkpoint_key.clone()?;
+        let now = std::time::SystemTime::now();
+        let shards: Vec<Option<std::time::SystemTime>> = (0..self.machine.shard_count())
+            .map(|shard| self.machine.last_receiving(shard, now))
+            .collect();
+        Some(Inbound::Checkpoint {
+            key,
+            value: crate::checkpoint::value(&shards, now),
+        })
     }
 
     /// Stops every session and keeps reading what they report until they
@@ -208,6 +270,17 @@ impl Supervisor {
                         metrics().health.gap_closed(shard);
                     }
                     events::gap_closed(shard, &gap);
+                    if let Some(r) = self.resync.as_ref().filter(|r| r.after_gaps) {
+                        let job = ResyncJob {
+                            resync_of: gap.id.clone(),
+                            topics: gap.topics.clone(),
+                            since: gap.started_at,
+                            opened: tokio::time::Instant::now(),
+                        };
+                        if r.jobs.try_send(job).is_err() {
+                            tracing::warn!(shard, "Resync queue full; this gap is not resynced.");
+                        }
+                    }
                     // The pipeline turns it into a marker record; if it is
                     // gone we are shutting down and the log line is what remains.
                     let _ = self.ctx.out.send(Inbound::Gap(gap)).await;
@@ -266,6 +339,19 @@ impl Supervisor {
                 accepted,
                 rejected,
             } => {
+                if let Some(r) = self.resync.as_ref().filter(|r| r.on_start) {
+                    if self.snapshotted.insert(shard) {
+                        let job = ResyncJob {
+                            resync_of: "startup".into(),
+                            topics: self.machine.topics(shard).clone(),
+                            since: std::time::SystemTime::now() - r.lookback,
+                            opened: tokio::time::Instant::now(),
+                        };
+                        if r.jobs.try_send(job).is_err() {
+                            tracing::warn!(shard, "Resync queue full; no start-up snapshot.");
+                        }
+                    }
+                }
                 let new: Vec<(String, String)> = rejected
                     .into_iter()
                     .filter(|(topic, _)| self.reported.insert(topic.clone()))

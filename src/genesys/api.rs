@@ -282,6 +282,22 @@ impl Api {
         Ok(reply.entities)
     }
 
+    /// `POST {path}` with a JSON `body`, its JSON reply decoded.
+    pub async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, ApiError> {
+        let url = format!("{}{path}", self.base);
+        let (response, _) = self
+            .send(|| self.http.request(Method::POST, &url).json(body))
+            .await?;
+        response
+            .json()
+            .await
+            .map_err(|e| ApiError::Decode(e.without_url().to_string()))
+    }
+
     /// `GET {path}` with `query`, its JSON reply decoded.
     pub async fn get_json<T: serde::de::DeserializeOwned>(
         &self,

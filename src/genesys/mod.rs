@@ -7,6 +7,7 @@ pub mod auth;
 pub mod directory;
 pub mod frame;
 pub mod region;
+pub mod state;
 pub mod topic;
 
 use std::time::Duration;

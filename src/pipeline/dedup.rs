@@ -13,7 +13,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 /// A fingerprint is already a uniform hash: the set uses its low bits as is.
 #[derive(Default)]
-struct PassThrough(u64);
+pub(super) struct PassThrough(u64);
 
 impl Hasher for PassThrough {
     fn finish(&self) -> u64 {

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::event::{Gap, Notification};
+use crate::event::{Gap, Notification, ResyncDone, ResyncRecord};
 use crate::genesys::topic::{self, is_uuid};
 use crate::sink::Record;
 
@@ -24,6 +24,7 @@ pub struct Router {
     map: BTreeMap<String, String>,
     cache: HashMap<Box<str>, Arc<str>>,
     gaps_topic: Arc<str>,
+    state_topic: Arc<str>,
     /// The last channel tag seen, with its header value.
     channel: Option<(Arc<str>, Bytes)>,
 }
@@ -35,6 +36,7 @@ impl Router {
             map,
             cache: HashMap::new(),
             gaps_topic: format!("{prefix}.bridge.gaps").into(),
+            state_topic: crate::checkpoint::topic(prefix).into(),
             channel: None,
         }
     }
@@ -82,6 +84,7 @@ impl Router {
             "bridge-received-at",
             Bytes::from(epoch_ms(notification.received_at).to_string()),
         ));
+        headers.push(("bridge-source", Bytes::from_static(b"notification")));
         Record {
             topic: self.kafka_topic(frame.topic),
             key: resource.id.map(cut),
@@ -111,6 +114,8 @@ impl Router {
             .unwrap_or_default()
             .as_millis() as u64;
         let mut value = serde_json::json!({
+            "type": "gap",
+            "gap_id": &*gap.id,
             "started_at": humantime::format_rfc3339_millis(gap.started_at).to_string(),
             "ended_at": humantime::format_rfc3339_millis(gap.ended_at).to_string(),
             "duration_ms": duration_ms,
@@ -127,6 +132,77 @@ impl Router {
             headers: vec![(
                 "bridge-received-at",
                 Bytes::from(epoch_ms(gap.ended_at).to_string()),
+            )],
+            received_at: None,
+        }
+    }
+}
+
+impl Router {
+    /// The record of a resync: the notification's topic and key, its own
+    /// value, and headers saying where it comes from.
+    pub fn resync(&mut self, resync: &ResyncRecord) -> Record {
+        let mut headers = Vec::with_capacity(6);
+        headers.push((
+            "genesys-topic",
+            Bytes::copy_from_slice(resync.topic.as_bytes()),
+        ));
+        headers.push((
+            "genesys-resource-id",
+            Bytes::copy_from_slice(resync.resource.as_bytes()),
+        ));
+        if let Some(q) = &resync.queue_id {
+            headers.push(("genesys-queue-id", Bytes::copy_from_slice(q.as_bytes())));
+        }
+        headers.push((
+            "bridge-received-at",
+            Bytes::from(epoch_ms(resync.fetched_at).to_string()),
+        ));
+        headers.push(("bridge-source", Bytes::from_static(b"resync")));
+        headers.push((
+            "bridge-resync-of",
+            Bytes::copy_from_slice(resync.resync_of.as_bytes()),
+        ));
+        Record {
+            topic: self.kafka_topic(&resync.topic),
+            key: Some(Bytes::copy_from_slice(resync.resource.as_bytes())),
+            value: resync.value.clone(),
+            headers,
+            received_at: None,
+        }
+    }
+
+    /// The checkpoint record (compacted topic, keyed).
+    pub fn checkpoint(&self, key: &Arc<str>, value: &Bytes) -> Record {
+        Record {
+            topic: self.state_topic.clone(),
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            value: value.clone(),
+            headers: Vec::new(),
+            received_at: None,
+        }
+    }
+
+    pub fn state_topic(&self) -> &Arc<str> {
+        &self.state_topic
+    }
+
+    /// The record that ends a resync, on the gaps topic.
+    pub fn resync_done(&self, done: &ResyncDone) -> Record {
+        let value = serde_json::json!({
+            "type": "resync",
+            "gap_id": &*done.resync_of,
+            "status": if done.complete { "complete" } else { "partial" },
+            "resources": done.resources,
+            "finished_at": humantime::format_rfc3339_millis(done.finished_at).to_string(),
+        });
+        Record {
+            topic: self.gaps_topic.clone(),
+            key: None,
+            value: Bytes::from(value.to_string()),
+            headers: vec![(
+                "bridge-received-at",
+                Bytes::from(epoch_ms(done.finished_at).to_string()),
             )],
             received_at: None,
         }

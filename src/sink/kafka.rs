@@ -275,11 +275,17 @@ pub async fn create_topics(kafka: &KafkaSection, topics: &[String]) -> Result<()
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 t,
                 kafka.partitions,
                 TopicReplication::Fixed(kafka.replication_factor),
-            )
+            );
+            // The bridge's state record: only the latest per key matters.
+            if *t == crate::checkpoint::topic(&kafka.topic_prefix) {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, error, info, warn};
 
 use super::{metrics, DropReason};
-use crate::event::{Gap, Reason};
+use crate::event::{Gap, Reason, ResyncKind};
 
 pub fn token_obtained(expires_in_secs: u64) {
     metrics().token_refreshes.with_label_values(&["ok"]).inc();
@@ -260,6 +260,69 @@ pub fn topics_over_budget(unserved: usize, capacity: usize) {
             "The directory needs more topics than Genesys' channel budget holds; serving the first \
              ones. Narrow the directory (queue_name, queue_division_ids, users_from) or use \
              combined topics (v2.users.{{user}}?presence&routingStatus)."
+        );
+    }
+}
+
+pub fn resync_record(kind: ResyncKind) {
+    metrics()
+        .resync_records
+        .with_label_values(&[kind.as_str()])
+        .inc();
+}
+
+/// A resync record not published: a newer notification came after its
+/// fetch (`superseded`), or the fetch is too old to tell.
+pub fn resync_record_skipped(superseded: bool) {
+    let reason = if superseded {
+        "newer_notification"
+    } else {
+        "stale"
+    };
+    metrics().resync_skipped.with_label_values(&[reason]).inc();
+}
+
+pub fn resync_request(result: Result<(), (&dyn std::fmt::Display, bool)>) {
+    let label = match result {
+        Ok(()) => "ok",
+        Err((error, rate_limited)) => {
+            debug!(error = %error, "Resync request failed; will retry.");
+            if rate_limited {
+                "rate_limited"
+            } else {
+                "error"
+            }
+        }
+    };
+    metrics().resync_requests.with_label_values(&[label]).inc();
+}
+
+pub fn resync_pending(resources: usize) {
+    metrics().resync_pending.set(resources as i64);
+}
+
+pub fn resync_started(resync_of: &str, resources: usize) {
+    info!(resync_of, resources, "Resync started.");
+}
+
+pub fn resync_finished(resync_of: &str, complete: bool, resources: usize, took: Duration) {
+    let m = metrics();
+    let status = if complete { "complete" } else { "partial" };
+    m.resyncs.with_label_values(&[status]).inc();
+    m.resync_seconds.observe(took.as_secs_f64());
+    if complete {
+        info!(
+            resync_of,
+            resources,
+            took_secs = took.as_secs_f64(),
+            "Resync complete."
+        );
+    } else {
+        warn!(
+            resync_of,
+            resources,
+            took_secs = took.as_secs_f64(),
+            "Resync partial: some resources could not be fetched."
         );
     }
 }

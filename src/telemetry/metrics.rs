@@ -35,6 +35,12 @@ pub struct Metrics {
     pub directory_entities: IntGaugeVec,
     pub directory_refreshes: IntCounterVec,
     pub topics_unserved: IntGauge,
+    pub resync_records: IntCounterVec,
+    pub resync_skipped: IntCounterVec,
+    pub resync_requests: IntCounterVec,
+    pub resync_pending: IntGauge,
+    pub resync_seconds: Histogram,
+    pub resyncs: IntCounterVec,
     /// Scrape-time gauges read from [`Health`]: what `/readyz` knows, as
     /// numbers an alert can rest on.
     ready: IntGauge,
@@ -79,6 +85,12 @@ pub const TOKEN_RESULTS: [&str; 3] = ["ok", "rejected", "error"];
 pub const DIRECTORY_KINDS: [&str; 2] = ["user", "queue"];
 /// The results of `directory_refreshes_total{result}`.
 pub const DIRECTORY_RESULTS: [&str; 3] = ["ok", "error", "rate_limited"];
+/// The results of `resync_requests_total{result}`.
+pub const RESYNC_RESULTS: [&str; 3] = ["ok", "error", "rate_limited"];
+/// The reasons of `resync_skipped_total{reason}`.
+pub const RESYNC_SKIPPED: [&str; 2] = ["newer_notification", "stale"];
+/// The statuses of `resyncs_total{status}`.
+pub const RESYNC_STATUSES: [&str; 2] = ["complete", "partial"];
 /// The states of `shards{state}`: each shard is in exactly one.
 pub const SHARD_STATES: [&str; 3] = ["receiving", "blind", "rejected"];
 
@@ -306,6 +318,40 @@ impl Metrics {
                 "genesys_bridge_topics_unserved",
                 "Topics of the directory not subscribed because they exceed the channel budget.",
             )?,
+            resync_records: counter_vec(
+                "genesys_bridge_resync_records_total",
+                "Resync records handed to the output, by kind (presence, routing_status, conversation).",
+                "kind",
+            )?,
+            resync_skipped: counter_vec(
+                "genesys_bridge_resync_skipped_total",
+                "Resync records not published, by reason: newer_notification (a notification \
+                 received after the fetch is newer), stale (fetched too long ago to tell).",
+                "reason",
+            )?,
+            resync_requests: counter_vec(
+                "genesys_bridge_resync_requests_total",
+                "REST requests of the resync, by result (ok, error, rate_limited).",
+                "result",
+            )?,
+            resync_pending: IntGauge::new(
+                "genesys_bridge_resync_pending_resources",
+                "Resources waiting to be fetched by the resync.",
+            )?,
+            resync_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "genesys_bridge_resync_seconds",
+                    "From a gap's close (or the first subscription) to the end of its resync.",
+                )
+                .buckets(vec![
+                    0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                ]),
+            )?,
+            resyncs: counter_vec(
+                "genesys_bridge_resyncs_total",
+                "Resyncs ended, by status: complete, or partial (some resources could not be fetched).",
+                "status",
+            )?,
             ready: IntGauge::new(
                 "genesys_bridge_ready",
                 "1 when /readyz answers 200 (every shard receiving, Kafka reachable), else 0.",
@@ -347,6 +393,12 @@ impl Metrics {
         r.register(Box::new(m.directory_entities.clone()))?;
         r.register(Box::new(m.directory_refreshes.clone()))?;
         r.register(Box::new(m.topics_unserved.clone()))?;
+        r.register(Box::new(m.resync_records.clone()))?;
+        r.register(Box::new(m.resync_skipped.clone()))?;
+        r.register(Box::new(m.resync_requests.clone()))?;
+        r.register(Box::new(m.resync_pending.clone()))?;
+        r.register(Box::new(m.resync_seconds.clone()))?;
+        r.register(Box::new(m.resyncs.clone()))?;
         r.register(Box::new(m.ready.clone()))?;
         r.register(Box::new(m.shards.clone()))?;
         r.register(Box::new(m.gap_open_seconds.clone()))?;
@@ -365,6 +417,18 @@ impl Metrics {
         }
         for result in DIRECTORY_RESULTS {
             m.directory_refreshes.with_label_values(&[result]);
+        }
+        for kind in crate::event::ResyncKind::ALL {
+            m.resync_records.with_label_values(&[kind.as_str()]);
+        }
+        for (vec, values) in [
+            (&m.resync_skipped, &RESYNC_SKIPPED[..]),
+            (&m.resync_requests, &RESYNC_RESULTS[..]),
+            (&m.resyncs, &RESYNC_STATUSES[..]),
+        ] {
+            for value in values {
+                vec.with_label_values(&[value]);
+            }
         }
         for reason in DropReason::ALL {
             m.events_dropped.with_label_values(&[reason.as_str()]);

@@ -450,7 +450,7 @@ impl Collected {
             .iter()
             .filter_map(|i| match i {
                 Inbound::Event(n) => seq_of(&n.raw()),
-                Inbound::Gap(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -462,7 +462,7 @@ impl Collected {
             .iter()
             .filter_map(|i| match i {
                 Inbound::Gap(g) => Some(g.clone()),
-                Inbound::Event(_) => None,
+                _ => None,
             })
             .collect()
     }
