@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Checks the emulator against Genesys' official Python SDK
 # (purecloudplatformclientv2): login, the notification REST API and event
-# bodies must deserialize into the SDK's models. Needs only PyPI.
+# bodies must deserialize into the SDK's models. Then the bridge's resync
+# records (tests/resync_bodies.rs writes them; generated here when absent
+# or older than their mapping): each eventBody must be the SDK model of its
+# topic. Needs only PyPI.
 #
 # Usage: scripts/sdk-fidelity.sh
 set -euo pipefail
@@ -61,4 +64,24 @@ if [ -z "$BASE" ]; then
 fi
 echo "sdk-fidelity: emulator at $BASE, SDK $SDK_VERSION"
 
-"$VENV/bin/python" "$ROOT/emulator/sdk-check/check.py" "$BASE"
+STATUS=0
+"$VENV/bin/python" "$ROOT/emulator/sdk-check/check.py" "$BASE" || STATUS=1
+
+# The bridge's resync records. scripts/test.sh runs the tests first, so the
+# file is normally there; regenerate it only when it is missing or older
+# than the mapping that builds it.
+RECORDS="$ROOT/target/sdk-check/resync-records.ndjson"
+if [ ! -s "$RECORDS" ] || [ "$ROOT/src/genesys/state.rs" -nt "$RECORDS" ]; then
+    echo "sdk-fidelity: generating $RECORDS (cargo test --test resync_bodies)"
+    rm -f "$RECORDS"
+    TEST_LOG="$(mktemp)"
+    if ! cargo test --quiet --manifest-path "$ROOT/Cargo.toml" --test resync_bodies >"$TEST_LOG" 2>&1; then
+        cat "$TEST_LOG" >&2
+        rm -f "$TEST_LOG"
+        echo "sdk-fidelity: cargo test --test resync_bodies failed" >&2
+        exit 1
+    fi
+    rm -f "$TEST_LOG"
+fi
+"$VENV/bin/python" "$ROOT/emulator/sdk-check/check.py" --records "$RECORDS" || STATUS=1
+exit "$STATUS"

@@ -3,6 +3,7 @@
 (purecloudplatformclientv2).
 
 Usage: check.py BASE_URL   (an emulator started with --exclusive-subscriptions)
+       check.py --records FILE [--mappings notificationMappings.json]
 
 It logs in with client credentials, drives the notification API through the
 SDK (channels, subscriptions, availabletopics), the directory (users,
@@ -15,9 +16,16 @@ deserializer is lenient (unknown fields are dropped, bad enum values become
 field must be a field of the model, with the model's type, recursively, and
 no enum may fall back to "outdated_sdk_version". Any failure makes the exit
 status non-zero.
+
+With --records it checks the bridge's resync records instead (NDJSON, one
+{"topic", "value"} a line, as tests/resync_bodies.rs writes them): each
+value must be a notification envelope (topicName, version, eventBody,
+metadata.CorrelationId, nothing else) and its eventBody must be, strictly,
+the SDK model the SDK's notification mappings give for its topic.
 """
 
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -597,5 +605,155 @@ def main():
     return 1 if failures else 0
 
 
+# ---- resync records ------------------------------------------------------------
+
+# Topic template -> eventBody model, from notificationMappings.json of
+# Genesys' SDK repositories (MyPureCloud/platform-client-sdk-*; the entries
+# agree across them). The PyPI package of the SDK does not ship that file,
+# so the entries for the topics the bridge resyncs are copied here; a
+# notificationMappings.json in the package or given with --mappings takes
+# their place (and must agree with them).
+SDK_NOTIFICATION_MAPPINGS = {
+    "v2.users.{id}.presence": "PresenceEventUserPresence",
+    "v2.users.{id}.routingStatus": "UserRoutingStatusUserRoutingStatus",
+    "v2.users.{id}.conversations": "ConversationEventTopicConversation",
+    "v2.routing.queues.{id}.conversations": "QueueConversationEventTopicConversation",
+}
+
+ENVELOPE = {"topicName", "version", "eventBody", "metadata"}
+
+
+def load_mappings(path):
+    """Topic template -> model: the SDK's notificationMappings.json (given,
+    or shipped in the package), else the entries copied above."""
+    if path is None:
+        pkg = os.path.dirname(gc.__file__)
+        for candidate in (os.path.join(pkg, "notificationMappings.json"),
+                          os.path.join(os.path.dirname(pkg), "notificationMappings.json")):
+            if os.path.isfile(candidate):
+                path = candidate
+                break
+    if path is None:
+        print("records: notificationMappings.json is not in the SDK package; "
+              "using the entries copied from it", flush=True)
+        return dict(SDK_NOTIFICATION_MAPPINGS)
+    with open(path, encoding="utf-8") as f:
+        mappings = {n["topic"]: n["class"] for n in json.load(f)["notifications"]}
+    for template, model in SDK_NOTIFICATION_MAPPINGS.items():
+        ok(mappings.get(template) == model,
+           f"{path}: {template} maps to {mappings.get(template)}, the copy says {model}")
+    print(f"records: notification mappings from {path}", flush=True)
+    return mappings
+
+
+def template_of(topic, mappings):
+    """The mapping template a single topic name matches ({id}: one segment)."""
+    parts = topic.split(".")
+    best = None
+    for template in mappings:
+        tparts = template.split(".")
+        if len(tparts) != len(parts):
+            continue
+        if all(t == p or (t == "{id}" and p) for t, p in zip(tparts, parts)):
+            # The most literal template wins (v2.system.socket_closing over v2.system.{id}.{id}).
+            if best is None or template.count("{id}") < best.count("{id}"):
+                best = template
+    return best
+
+
+def topic_ids(template, topic):
+    return [p for t, p in zip(template.split("."), topic.split(".")) if t == "{id}"]
+
+
+def check_record(client, mappings, n, record, counts):
+    where = f"record {n}"
+    if not isinstance(record, dict) or set(record) != {"topic", "value"}:
+        ok(False, f"{where}: not a {{topic, value}} object")
+        return
+    topic, value = record["topic"], record["value"]
+    where = f"record {n} ({topic})"
+    if not isinstance(topic, str) or not isinstance(value, dict):
+        ok(False, f"{where}: topic must be a string, value an object")
+        return
+    ok("?" not in topic and "," not in topic, f"{where}: a single topic, not a combined one")
+    # The envelope: what a notification frame carries, nothing more.
+    for key in sorted(set(value) - ENVELOPE):
+        ok(False, f"{where}: {key} is not a field of a notification")
+    for key in sorted(ENVELOPE - set(value)):
+        ok(False, f"{where}: no {key}")
+    ok(value.get("topicName") == topic, f"{where}: topicName {value.get('topicName')!r} is not the record's topic")
+    ok(value.get("version") == "2", f"{where}: version is {value.get('version')!r}, not \"2\"")
+    meta = value.get("metadata")
+    ok(isinstance(meta, dict) and set(meta) == {"CorrelationId"}
+       and isinstance(meta.get("CorrelationId"), str) and meta["CorrelationId"] != "",
+       f"{where}: metadata is {meta!r}, not {{CorrelationId: string}}")
+
+    template = template_of(topic, mappings)
+    if template is None:
+        ok(False, f"{where}: no SDK notification mapping for this topic")
+        return
+    model = mappings[template]
+    if not hasattr(gc, model):
+        ok(False, f"{where}: the SDK has no model {model} (mapped from {template})")
+        return
+    body = value.get("eventBody")
+    sdk_deserialize(client, model, body, f"{where} eventBody")
+    counts[template] = counts.get(template, 0) + 1
+    if not isinstance(body, dict):
+        return
+
+    # The body stands for its topic's resource.
+    (rid,) = topic_ids(template, topic) or [None]
+    if model == "UserRoutingStatusUserRoutingStatus":
+        ok(body.get("id") == rid, f"{where}: eventBody.id {body.get('id')!r} is not the topic's user")
+    if model in ("ConversationEventTopicConversation", "QueueConversationEventTopicConversation"):
+        participants = body.get("participants") or []
+        ok(len(participants) > 0, f"{where}: a conversation without participants")
+        key = "queueId" if model.startswith("Queue") else "userId"
+        ok(any(isinstance(p, dict) and p.get(key) == rid for p in participants),
+           f"{where}: no participant has {key} {rid}")
+        if participants and all(isinstance(p, dict) and p.get("endTime") for p in participants):
+            counts["ended conversations"] = counts.get("ended conversations", 0) + 1
+
+
+def check_records(path, mappings_path):
+    mappings = load_mappings(mappings_path)
+    client = gc.api_client.ApiClient()
+    counts = {}
+    n = 0
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            n += 1
+            try:
+                record = json.loads(line)
+            except ValueError as e:
+                ok(False, f"{path}:{line_no}: not JSON: {e}")
+                continue
+            check_record(client, mappings, n, record, counts)
+    ok(n > 0, f"{path}: no records")
+    for template in SDK_NOTIFICATION_MAPPINGS:
+        ok(counts.get(template, 0) > 0, f"records: none for {template}")
+    ok(counts.get("ended conversations", 0) > 0, "records: no ended conversation")
+    print("records: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), flush=True)
+    print(f"records: {n} checked, {passes} checks passed, {len(failures)} failed", flush=True)
+    return 1 if failures else 0
+
+
+def usage():
+    print(__doc__.split("\n\n")[1], file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] == ["--records"]:
+        if len(args) == 2:
+            sys.exit(check_records(args[1], None))
+        if len(args) == 4 and args[2] == "--mappings":
+            sys.exit(check_records(args[1], args[3]))
+        sys.exit(usage())
+    if len(args) != 1 or args[0].startswith("-"):
+        sys.exit(usage())
     sys.exit(main())
