@@ -44,7 +44,6 @@ pub fn kafka_topics(settings: &Settings) -> Vec<String> {
         .map(|t| router.kafka_topic(&t).to_string())
         .collect();
     names.insert(router.gaps_topic().to_string());
-    names.insert(router.state_topic().to_string());
     names.into_iter().collect()
 }
 
@@ -67,7 +66,10 @@ pub async fn run(
     let (records_tx, records_rx) = mpsc::channel(capacity);
     let sink_deadline = CancellationToken::new();
 
-    let sink = match sink::open(&settings, &kafka_topics(&settings)).await {
+    // The topics consumers read, and the bridge's own state record.
+    let mut topics = kafka_topics(&settings);
+    topics.push(checkpoint::topic(&settings.kafka.topic_prefix));
+    let sink = match sink::open(&settings, &topics).await {
         Ok(sink) => tasks.spawn(sink.run(records_rx, sink_deadline.clone())),
         Err(e) => {
             admin_cancel.cancel();

@@ -160,8 +160,13 @@ pub struct ResyncJob {
     /// The gap id, or `startup`.
     pub resync_of: Arc<str>,
     pub topics: Arc<[String]>,
-    /// Conversations active since this moment are fetched (the gap's start).
+    /// Conversations active between these moments are fetched (the gap's
+    /// bounds).
     pub since: SystemTime,
+    pub until: SystemTime,
+    /// Only conversations still running (a start-up snapshot: a consumer
+    /// starting empty needs the current ones, not the last hour's history).
+    pub only_active: bool,
     /// When the gap closed (or the shard subscribed): `resync_seconds` runs from here.
     pub opened: tokio::time::Instant,
 }

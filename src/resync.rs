@@ -54,8 +54,10 @@ pub fn resources(topics: &[String]) -> Vec<Resource> {
             let what = match parts.as_slice() {
                 ["v2", "users", _, "presence"] => What::Presence,
                 ["v2", "users", _, "routingStatus"] => What::RoutingStatus,
-                ["v2", "users", _, "conversations", ..] => What::UserConversations,
-                ["v2", "routing", "queues", _, "conversations", ..] => What::QueueConversations,
+                // The base topics only: a sub-kind (`.conversations.calls`)
+                // has a model of its own, which the details query does not fill.
+                ["v2", "users", _, "conversations"] => What::UserConversations,
+                ["v2", "routing", "queues", _, "conversations"] => What::QueueConversations,
                 _ => continue,
             };
             let id = match what {
@@ -75,6 +77,8 @@ pub fn resources(topics: &[String]) -> Vec<Resource> {
 struct JobState {
     resync_of: Arc<str>,
     since: SystemTime,
+    until: SystemTime,
+    only_active: bool,
     opened: Instant,
     total: usize,
     outstanding: usize,
@@ -145,8 +149,9 @@ pub struct Resync {
 }
 
 /// Requests of one resource that fail (other than rate limits) before it
-/// is given up, making its resync partial.
-const MAX_ATTEMPTS: u32 = 4;
+/// is given up, making its resync partial; the waits between them double
+/// from 1 s (about 4 minutes in all).
+const MAX_ATTEMPTS: u32 = 8;
 
 impl Resync {
     pub fn new(api: Api, out: mpsc::Sender<Inbound>, settings: ResyncSection) -> Self {
@@ -208,6 +213,8 @@ impl Resync {
         let mut state = JobState {
             resync_of: job.resync_of,
             since: job.since,
+            until: job.until,
+            only_active: job.only_active,
             opened: job.opened,
             total: 0,
             outstanding: 0,
@@ -276,7 +283,12 @@ impl Resync {
             Err(e) => {
                 let rate_limited = matches!(e, ApiError::RateLimited { .. });
                 events::resync_request(Err((&e, rate_limited)));
-                let wait = e.retry_after().unwrap_or(Duration::from_secs(2));
+                let attempts = batch
+                    .first()
+                    .and_then(|r| self.waiting.get(r))
+                    .map_or(0, |w| w.attempts);
+                let backoff = Duration::from_secs(1 << attempts.min(6));
+                let wait = e.retry_after().unwrap_or(backoff);
                 self.hold_until = Some(Instant::now() + wait);
                 // Back to the front, in order; a resource that keeps
                 // failing (not rate limits) is given up.
@@ -356,24 +368,32 @@ impl Resync {
                 }
             }
             What::QueueConversations | What::UserConversations => {
-                let since = self
+                // The conversations active during the gaps that want them
+                // (all of them, merged); a start-up snapshot, the ones
+                // still running.
+                let jobs: Vec<&JobState> = self
                     .waiting
                     .get(first)
-                    .map(|w| {
-                        w.jobs
-                            .iter()
-                            .filter_map(|j| self.jobs.get(j).map(|s| s.since))
-                            .min()
-                            .unwrap_or(fetched_at)
-                    })
-                    .unwrap_or(fetched_at);
+                    .map(|w| w.jobs.iter().filter_map(|j| self.jobs.get(j)).collect())
+                    .unwrap_or_default();
+                let since = jobs.iter().map(|j| j.since).min().unwrap_or(fetched_at);
+                let until = jobs
+                    .iter()
+                    .map(|j| j.until)
+                    .max()
+                    .unwrap_or(fetched_at)
+                    .min(fetched_at);
+                let only_active = jobs.iter().all(|j| j.only_active);
                 let (party, queue_id) = match first.what {
                     What::QueueConversations => (Party::Queue(&first.id), Some(first.id.clone())),
                     _ => (Party::User(&first.id), None),
                 };
                 let (conversations, _) =
-                    state::conversations(&self.api, party, since, fetched_at).await?;
-                for conversation in &conversations {
+                    state::conversations(&self.api, party, since, until).await?;
+                for conversation in conversations
+                    .iter()
+                    .filter(|c| !only_active || c.get("conversationEnd").is_none())
+                {
                     if let Some((id, body)) = state::conversation_body(conversation) {
                         out.push(record(
                             first,
@@ -441,6 +461,7 @@ mod tests {
     fn topics_name_their_resources() {
         let topics: Vec<String> = [
             "v2.users.u1?presence&routingStatus",
+            "v2.users.u2.conversations",
             "v2.users.u2.conversations.calls",
             "v2.routing.queues.q1.conversations",
             "v2.analytics.queues.q1.observations",
@@ -464,7 +485,7 @@ mod tests {
                 (
                     What::UserConversations,
                     "u2".into(),
-                    "v2.users.u2.conversations.calls".into()
+                    "v2.users.u2.conversations".into()
                 ),
                 (
                     What::QueueConversations,

@@ -111,6 +111,11 @@ fn assert_each_once(brokers: &str, topics: &[String], seqs: &BTreeSet<u64>) {
 fn with_templates(raw: &mut FileConfig, refresh: Duration) {
     raw.genesys.topics = vec![USER_TEMPLATE.into(), QUEUE_TEMPLATE.into()];
     raw.directory.refresh = refresh;
+    // Not the subject here (tests/resync.rs): a start-up snapshot of
+    // thousands of users at the default budget would write for minutes
+    // into the topics these tests read to their end.
+    raw.resync.enabled = false;
+    raw.resync.on_start = false;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,9 @@
 //! At the end every Kafka topic is read back and one line of figures is
 //! printed. It passes only with nothing lost, nothing duplicated, every gap
 //! the emulator measured reported by one marker within 1 s at both ends (and
-//! no other marker), and no secret in the logs. A failure prints the seed.
+//! no other marker), every gap's resync complete and the last record per
+//! user equal to the emulator's current presence and routing status
+//! (convergence), and no secret in the logs. A failure prints the seed.
 //!
 //! `SOAK_DURATION` (default `2m`), `SOAK_SEED` (default: random) and
 //! `SOAK_LOG` (default `trace`) steer it; `scripts/soak.sh --duration 2h
@@ -125,6 +127,9 @@ struct Figures {
     gaps_measured: Vec<(SystemTime, SystemTime)>,
     gaps_reported: Vec<(SystemTime, SystemTime)>,
     gaps_unmatched: Vec<String>,
+    /// Users whose last presence or routing-status record is not the truth.
+    diverged: Vec<String>,
+    resynced: usize,
     faults: BTreeMap<&'static str, u32>,
     log_lines: usize,
     exit_ok: bool,
@@ -145,7 +150,8 @@ impl std::fmt::Display for Figures {
         write!(
             f,
             "soak figures: seed={} generated={} deliverable={} published={} lost={} duplicated={} \
-             gaps reported={} measured={} unmatched={} (measured blind {blind:.3}s) faults: {} \
+             gaps reported={} measured={} unmatched={} (measured blind {blind:.3}s) resyncs={} \
+             diverged={} faults: {} \
              | trace log lines={} clean exit={}",
             self.seed,
             self.generated,
@@ -156,6 +162,8 @@ impl std::fmt::Display for Figures {
             self.gaps_reported.len(),
             self.gaps_measured.len(),
             self.gaps_unmatched.len(),
+            self.resynced,
+            self.diverged.len(),
             faults.join(","),
             self.log_lines,
             self.exit_ok,
@@ -181,6 +189,13 @@ impl Figures {
             problems.push(format!(
                 "{} gaps not matched within 1 s: {shown:#?}",
                 self.gaps_unmatched.len()
+            ));
+        }
+        if !self.diverged.is_empty() {
+            problems.push(format!(
+                "{} users' last record is not their current state: {:?}",
+                self.diverged.len(),
+                &self.diverged[..self.diverged.len().min(10)]
             ));
         }
         if !self.exit_ok {
@@ -215,6 +230,10 @@ async fn soak(seed: u64, duration: Duration) -> Figures {
         client_secret: SECRET.into(),
         token_lifetime: Duration::from_secs(30),
         channel_lifetime: Duration::from_secs(45),
+        // Every explicit publish on a conversation topic starts a
+        // conversation that never ends; a real queue has tens running, and
+        // each gap's resync republishes those (see tests/resync.rs).
+        max_conversations: 40,
         ..quick_emulator()
     })
     .await;
@@ -245,6 +264,37 @@ async fn soak(seed: u64, duration: Duration) -> Figures {
     stop.cancel();
     let generated = publisher.await.expect("publisher");
     emu.settle(Duration::from_secs(5)).await;
+    // Every gap's resync done (its record on the gaps topic) before the
+    // signal, so the records converge to the state the stream ended with.
+    let gaps_topic = vec![format!("{prefix}.bridge.gaps")];
+    let resynced_all = |brokers: String, topics: Vec<String>| {
+        let records: Vec<serde_json::Value> = read_to_end(&brokers, &topics)
+            .iter()
+            .filter_map(|m| serde_json::from_slice(m.payload()?).ok())
+            .collect();
+        let done: Vec<&serde_json::Value> =
+            records.iter().filter(|r| r["type"] == "resync").collect();
+        let all = records
+            .iter()
+            .filter(|r| r["type"] == "gap")
+            .all(|g| done.iter().any(|d| d["gap_id"] == g["gap_id"]));
+        (all && done.iter().any(|d| d["gap_id"] == "startup")).then_some(done.len())
+    };
+    let resync_deadline = Instant::now() + Duration::from_secs(180);
+    let resynced = loop {
+        let (b, t) = (format!("127.0.0.1:{PROXY_PORT}"), gaps_topic.clone());
+        if let Some(n) = tokio::task::spawn_blocking(move || resynced_all(b, t))
+            .await
+            .expect("reader")
+        {
+            break n;
+        }
+        assert!(
+            Instant::now() < resync_deadline,
+            "resyncs did not finish in 3 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
     // Let the last buffered records reach Kafka before the signal.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stopped_at = SystemTime::now();
@@ -271,6 +321,7 @@ async fn soak(seed: u64, duration: Duration) -> Figures {
         .collect();
     let gaps_reported = markers(&messages, &prefix, &topics[0]);
     let gaps_unmatched = match_gaps(&gaps_measured, &gaps_reported);
+    let diverged = diverged(&emu, &topics, &messages, &prefix);
 
     let logs = std::fs::read(work.join("bridge.log")).expect("bridge log");
     let logs = String::from_utf8_lossy(&logs);
@@ -291,6 +342,8 @@ async fn soak(seed: u64, duration: Duration) -> Figures {
         gaps_measured,
         gaps_reported,
         gaps_unmatched,
+        diverged,
+        resynced,
         faults,
         log_lines: logs.lines().count(),
         exit_ok,
@@ -385,6 +438,56 @@ fn tally(emu: &Emulator, messages: &[OwnedMessage]) -> (usize, usize, Vec<u64>, 
     (emu.deliverable().len(), published, lost, duplicated)
 }
 
+/// The users of the soak's presence and routing-status topics whose last
+/// record (in partition order, resync records included) differs from the
+/// emulator's current state: what a consumer keeping the last record per
+/// key would hold wrong.
+fn diverged(
+    emu: &Emulator,
+    topics: &[String],
+    messages: &[OwnedMessage],
+    prefix: &str,
+) -> Vec<String> {
+    let last = |kafka_topic: String| {
+        let mut last = std::collections::HashMap::new();
+        for m in messages.iter().filter(|m| m.topic() == kafka_topic) {
+            if let (Some(key), Some(Ok(v))) = (
+                m.key(),
+                m.payload().map(serde_json::from_slice::<serde_json::Value>),
+            ) {
+                last.insert(String::from_utf8_lossy(key).into_owned(), v);
+            }
+        }
+        last
+    };
+    let presence = last(format!("{prefix}.users.presence"));
+    let routing = last(format!("{prefix}.users.routingStatus"));
+    let mut out = Vec::new();
+    for topic in topics {
+        let parts: Vec<&str> = topic.split('.').collect();
+        let ok = match parts.as_slice() {
+            ["v2", "users", user, "presence"] => {
+                let truth = emu.presence_of(user).expect("truth");
+                presence.get(*user).is_some_and(|v| {
+                    v["eventBody"]["presenceDefinition"]["systemPresence"]
+                        == truth.system_presence.as_str()
+                })
+            }
+            ["v2", "users", user, "routingStatus"] => {
+                let truth = emu.routing_status_of(user).expect("truth");
+                routing.get(*user).is_some_and(|v| {
+                    v["eventBody"]["routingStatus"]["status"] == truth.status.as_str()
+                })
+            }
+            _ => continue,
+        };
+        if !ok {
+            out.push(topic.clone());
+        }
+    }
+    out
+}
+
 /// The bounds of the gap markers that name `topic`.
 fn markers(messages: &[OwnedMessage], prefix: &str, topic: &str) -> Vec<(SystemTime, SystemTime)> {
     let gaps_topic = format!("{prefix}.bridge.gaps");
@@ -464,6 +567,7 @@ impl BridgeProcess {
         .env("GENESYS_BRIDGE_RECONNECT__INITIAL_DELAY", "200ms")
         .env("GENESYS_BRIDGE_RECONNECT__MAX_DELAY", "2s")
         .env("GENESYS_BRIDGE_RECONNECT__STABLE_AFTER", "5s")
+        .env("GENESYS_BRIDGE_RESYNC__MAX_REQUESTS_PER_MINUTE", "3000")
         .stdout(log.try_clone().expect("log file"))
         .stderr(log)
         .spawn()

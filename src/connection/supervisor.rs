@@ -275,6 +275,8 @@ impl Supervisor {
                             resync_of: gap.id.clone(),
                             topics: gap.topics.clone(),
                             since: gap.started_at,
+                            until: gap.ended_at,
+                            only_active: false,
                             opened: tokio::time::Instant::now(),
                         };
                         if r.jobs.try_send(job).is_err() {
@@ -345,6 +347,8 @@ impl Supervisor {
                             resync_of: "startup".into(),
                             topics: self.machine.topics(shard).clone(),
                             since: std::time::SystemTime::now() - r.lookback,
+                            until: std::time::SystemTime::now(),
+                            only_active: true,
                             opened: tokio::time::Instant::now(),
                         };
                         if r.jobs.try_send(job).is_err() {
