@@ -407,15 +407,15 @@ const CHANGE_RETRY_MAX: Duration = Duration::from_secs(60);
 /// (`PUT`) with what remains; no difference, no call.
 fn update(api: Api, channel: ChannelId, from: Option<Arc<[String]>>, to: Arc<[String]>) -> Update {
     Box::pin(async move {
-        let Some(from) = from else {
-            let reply = api.put_subscriptions(&channel, &to).await?;
-            return Ok((to, Some(reply)));
-        };
         let wanted: HashSet<&str> = to.iter().map(String::as_str).collect();
-        if from.iter().any(|t| !wanted.contains(t.as_str())) {
-            let reply = api.put_subscriptions(&channel, &to).await?;
-            return Ok((to, Some(reply)));
-        }
+        let from = match from {
+            Some(from) if from.iter().all(|t| wanted.contains(t.as_str())) => from,
+            // A new channel, or topics left: the whole list.
+            _ => {
+                let reply = api.put_subscriptions(&channel, &to).await?;
+                return Ok((to, Some(reply)));
+            }
+        };
         let had: HashSet<&str> = from.iter().map(String::as_str).collect();
         let added: Vec<String> = to
             .iter()

@@ -270,18 +270,18 @@ impl Supervisor {
                         metrics().health.gap_closed(shard);
                     }
                     events::gap_closed(shard, &gap);
-                    if let Some(r) = self.resync.as_ref().filter(|r| r.after_gaps) {
-                        let job = ResyncJob {
-                            resync_of: gap.id.clone(),
-                            topics: gap.topics.clone(),
-                            since: gap.started_at,
-                            until: gap.ended_at,
-                            only_active: false,
-                            opened: tokio::time::Instant::now(),
-                        };
-                        if r.jobs.try_send(job).is_err() {
-                            tracing::warn!(shard, "Resync queue full; this gap is not resynced.");
-                        }
+                    if self.resync.as_ref().is_some_and(|r| r.after_gaps) {
+                        self.ask_resync(
+                            shard,
+                            ResyncJob {
+                                resync_of: gap.id.clone(),
+                                topics: gap.topics.clone(),
+                                since: gap.started_at,
+                                until: gap.ended_at,
+                                only_active: false,
+                                opened: tokio::time::Instant::now(),
+                            },
+                        );
                     }
                     // The pipeline turns it into a marker record; if it is
                     // gone we are shutting down and the log line is what remains.
@@ -334,6 +334,15 @@ impl Supervisor {
         Some(shards)
     }
 
+    /// Hands a resync to the resync stage; never waits (a full queue is
+    /// said, and that resync skipped).
+    fn ask_resync(&self, shard: usize, job: ResyncJob) {
+        let Some(r) = &self.resync else { return };
+        if r.jobs.try_send(job).is_err() {
+            tracing::warn!(shard, "Resync queue full; a resync is skipped.");
+        }
+    }
+
     fn report(&mut self, report: Report) {
         match report {
             Report::Subscribed {
@@ -341,19 +350,25 @@ impl Supervisor {
                 accepted,
                 rejected,
             } => {
-                if let Some(r) = self.resync.as_ref().filter(|r| r.on_start) {
+                let lookback = self
+                    .resync
+                    .as_ref()
+                    .filter(|r| r.on_start)
+                    .map(|r| r.lookback);
+                if let Some(lookback) = lookback {
                     if self.snapshotted.insert(shard) {
-                        let job = ResyncJob {
-                            resync_of: "startup".into(),
-                            topics: self.machine.topics(shard).clone(),
-                            since: std::time::SystemTime::now() - r.lookback,
-                            until: std::time::SystemTime::now(),
-                            only_active: true,
-                            opened: tokio::time::Instant::now(),
-                        };
-                        if r.jobs.try_send(job).is_err() {
-                            tracing::warn!(shard, "Resync queue full; no start-up snapshot.");
-                        }
+                        let now = std::time::SystemTime::now();
+                        self.ask_resync(
+                            shard,
+                            ResyncJob {
+                                resync_of: "startup".into(),
+                                topics: self.machine.topics(shard).clone(),
+                                since: now - lookback,
+                                until: now,
+                                only_active: true,
+                                opened: tokio::time::Instant::now(),
+                            },
+                        );
                     }
                 }
                 let new: Vec<(String, String)> = rejected

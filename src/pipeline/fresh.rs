@@ -13,7 +13,7 @@ use std::hash::BuildHasherDefault;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::Xxh3;
 
 use super::dedup::PassThrough;
 
@@ -51,12 +51,13 @@ impl Freshness {
         }
     }
 
+    /// Called for every event: hashed in place, nothing allocated.
     fn key(topic: &str, resource: &[u8]) -> u64 {
-        let mut buf = Vec::with_capacity(topic.len() + 1 + resource.len());
-        buf.extend_from_slice(topic.as_bytes());
-        buf.push(0);
-        buf.extend_from_slice(resource);
-        xxh3_64(&buf)
+        let mut h = Xxh3::new();
+        h.update(topic.as_bytes());
+        h.update(&[0]);
+        h.update(resource);
+        h.digest()
     }
 
     /// A notification for `topic` and `resource` was received at `at`.

@@ -125,14 +125,16 @@ impl Router {
         if gap.topics.len() <= GAP_TOPICS_LISTED {
             value["topics"] = serde_json::json!(&*gap.topics);
         }
+        self.gaps_record(&value, gap.ended_at)
+    }
+
+    /// A record of the gaps topic (markers, and the ends of resyncs).
+    fn gaps_record(&self, value: &serde_json::Value, at: SystemTime) -> Record {
         Record {
             topic: self.gaps_topic.clone(),
             key: None,
             value: Bytes::from(value.to_string()),
-            headers: vec![(
-                "bridge-received-at",
-                Bytes::from(epoch_ms(gap.ended_at).to_string()),
-            )],
+            headers: vec![("bridge-received-at", Bytes::from(epoch_ms(at).to_string()))],
             received_at: None,
         }
     }
@@ -196,16 +198,7 @@ impl Router {
             "resources": done.resources,
             "finished_at": humantime::format_rfc3339_millis(done.finished_at).to_string(),
         });
-        Record {
-            topic: self.gaps_topic.clone(),
-            key: None,
-            value: Bytes::from(value.to_string()),
-            headers: vec![(
-                "bridge-received-at",
-                Bytes::from(epoch_ms(done.finished_at).to_string()),
-            )],
-            received_at: None,
-        }
+        self.gaps_record(&value, done.finished_at)
     }
 }
 
