@@ -138,6 +138,10 @@ pub struct KafkaSection {
     pub buffer: usize,
     /// `block` (back-pressure, the default) or `drop_newest` (counted, logged).
     pub overflow: OverflowPolicy,
+    /// How long the first record of a batch waits for others before the
+    /// batch goes to librdkafka (whose own `linger.ms` is then 0).
+    #[serde(with = "humantime_serde")]
+    pub batch_wait: Duration,
     /// Overrides of the Genesys topic → Kafka topic mapping: pattern → Kafka
     /// topic. A pattern is a topic name with `{id}` where an id stands.
     pub topic_map: BTreeMap<String, String>,
@@ -157,6 +161,7 @@ impl Default for KafkaSection {
             replication_factor: -1,
             buffer: 100_000,
             overflow: OverflowPolicy::Block,
+            batch_wait: Duration::from_millis(5),
             topic_map: BTreeMap::new(),
             properties: BTreeMap::new(),
         }
@@ -183,6 +188,7 @@ impl fmt::Debug for KafkaSection {
             .field("replication_factor", &self.replication_factor)
             .field("buffer", &self.buffer)
             .field("overflow", &self.overflow)
+            .field("batch_wait", &self.batch_wait)
             .field("topic_map", &self.topic_map)
             .field("properties", &properties)
             .finish()
@@ -730,6 +736,13 @@ pub fn validate(raw: FileConfig) -> Result<Settings, ConfigError> {
     if k.buffer == 0 {
         return Err(ConfigError::new("kafka.buffer", "zero", "use 1000 or more"));
     }
+    if k.batch_wait > Duration::from_secs(1) {
+        return Err(ConfigError::new(
+            "kafka.batch_wait",
+            "over 1s",
+            "use the default \"5ms\", or \"0s\" to hand each record over at once; it adds to every event's latency",
+        ));
+    }
     if raw.dedup.capacity == 0 {
         return Err(ConfigError::new(
             "dedup.capacity",
@@ -1155,6 +1168,7 @@ mod tests {
             ("[reconnect]\nmax_delay = \"1ms\"\n", "reconnect.max_delay"),
             ("[kafka]\ntopic_prefix = \"a b\"\n", "kafka.topic_prefix"),
             ("[kafka]\npartitions = 0\n", "kafka.partitions"),
+            ("[kafka]\nbatch_wait = \"2s\"\n", "kafka.batch_wait"),
             (
                 "[kafka.properties]\n\"sasl..password\" = \"x\"\n",
                 "kafka.properties",

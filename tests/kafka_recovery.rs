@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use genesys_kafka_bridge::config::{KafkaSection, OverflowPolicy};
+use genesys_kafka_bridge::config::KafkaSection;
 use genesys_kafka_bridge::sink::{kafka, Record};
 use genesys_kafka_bridge::telemetry::metrics;
 use tokio::sync::mpsc;
@@ -48,8 +48,10 @@ async fn kafka_unreachable_for_ten_seconds_resumes_fast_and_loses_nothing() {
     let sink = tokio::spawn(kafka::run(
         producer,
         rx,
-        10_000,
-        OverflowPolicy::Block,
+        kafka::Flow {
+            buffer: 10_000,
+            ..kafka::Flow::of(&kafka_cfg)
+        },
         None,
         CancellationToken::new(),
     ));

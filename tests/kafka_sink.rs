@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use genesys_kafka_bridge::config::{KafkaSection, OverflowPolicy};
+use genesys_kafka_bridge::config::KafkaSection;
 use genesys_kafka_bridge::sink::{kafka, Record};
 use rdkafka::Message;
 use tokio::sync::mpsc;
@@ -44,8 +44,10 @@ async fn start_sink(
     let sink = tokio::spawn(kafka::run(
         producer,
         rx,
-        buffer,
-        OverflowPolicy::Block,
+        kafka::Flow {
+            buffer,
+            ..kafka::Flow::of(kafka_cfg)
+        },
         None,
         CancellationToken::new(),
     ));

@@ -6,17 +6,22 @@
 //! `overflow = "drop_newest"`, new records are dropped, counted and logged).
 //! A failed delivery is retried, never dropped.
 //!
-//! Delivery reports are collected by the sink's own task, which serves
-//! librdkafka's report queue whenever it runs anyway (after each batch of
-//! input) and when librdkafka signals that reports are waiting
-//! ([`ReportSignal`]: one byte on a pipe, written when the queue goes from
-//! empty to not empty). No polling thread sleeps and wakes for
-//! each produce response, and the sink is not woken for each either: on
-//! this kind of machine a thread's wake-up costs more than the bridge's own
-//! work on an event (see the README's Performance section).
+//! Records reach librdkafka in batches: the first record of a batch waits
+//! at most `kafka.batch_wait` (5 ms) for others, and librdkafka's own
+//! `linger.ms` is 0. At the rates contact centres run (hundreds to a few
+//! thousand events a second over a hundred partitions or more) a partition
+//! rarely gets two records within a linger, so librdkafka sends one
+//! request per record whatever its linger; what the batch changes is that
+//! the requests of one batch go out on one wake-up of librdkafka's broker
+//! thread instead of one each (see the README's Performance section).
+//!
+//! Delivery reports are collected by the sink's own task whenever it runs
+//! anyway (after each batch of input, each batch handed over) and, while
+//! deliveries are pending, at least every [`REPORT_TICK`]. No thread and no
+//! signal wakes for each produce response: on this kind of machine a
+//! thread's wake-up costs more than the bridge's own work on an event.
 
 use std::collections::{HashSet, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -28,7 +33,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode as Code;
-use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +82,9 @@ pub fn client_config(kafka: &KafkaSection) -> ClientConfig {
         .set("partitioner", "murmur2_random")
         // No expiry while the process lives: a down broker means waiting, not loss.
         .set("message.timeout.ms", "0")
-        .set("linger.ms", "5")
+        // The sink batches (`kafka.batch_wait`): a linger here would only
+        // add to it.
+        .set("linger.ms", "0")
         // Back within a second of the broker being reachable again:
         // librdkafka's reconnect backoff grows to 10 s by default, so a
         // 10 s outage stalled delivery for 11 s more.
@@ -106,75 +112,19 @@ pub fn producer(kafka: &KafkaSection) -> Result<KafkaProducer, KafkaSinkError> {
     )?))
 }
 
-/// How often the sink polls for delivery reports while records are in
-/// flight if librdkafka cannot signal them ([`ReportSignal`] failed).
-const TICK: Duration = Duration::from_millis(1);
+/// Delivery reports are collected at least this often while deliveries
+/// are pending (and whenever the sink wakes for its input anyway).
+const REPORT_TICK: Duration = Duration::from_millis(3);
 /// The producer is served at least this often whatever happens.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Most events served by one collection, so other work is not starved.
 const MAX_POLLS: usize = 4096;
-
-/// librdkafka's wake-up for the sink: it writes a byte to a pipe when the
-/// producer's main queue (delivery reports, errors, log lines) goes from
-/// empty to not empty, at most once between two serves
-/// (`rd_kafka_queue_io_event_enable`). The sink waits on the read end with
-/// the rest of its work, drains it, then serves the queue until it is
-/// empty ([`Settled::collect`]), so that the next event signals again.
-struct ReportSignal {
-    producer: KafkaProducer,
-    read: pipe::Receiver,
-    /// Written by librdkafka's threads; closed only after librdkafka has
-    /// been told to stop writing ([`Drop`]).
-    _write: OwnedFd,
-}
-
-impl ReportSignal {
-    fn new(producer: &KafkaProducer) -> std::io::Result<Self> {
-        let (write, read) = pipe::pipe()?;
-        let write = write.into_nonblocking_fd()?;
-        if !ffi::io_event_enable(producer, write.as_raw_fd()) {
-            return Err(std::io::Error::other("librdkafka has no main queue"));
-        }
-        Ok(Self {
-            producer: producer.clone(),
-            read,
-            _write: write,
-        })
-    }
-
-    /// Waits for the signal and drains the pipe: call before serving the
-    /// queue, so a report queued after the serve writes a new byte. False
-    /// if the pipe failed (the sink then polls on its own).
-    async fn wait(&self) -> bool {
-        if self.read.readable().await.is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 64];
-        loop {
-            match self.read.try_read(&mut buf) {
-                Ok(n) if n > 0 => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-                // End of file or an error: it would stay readable for ever.
-                Ok(_) | Err(_) => return false,
-            }
-        }
-    }
-}
-
-impl Drop for ReportSignal {
-    fn drop(&mut self) {
-        ffi::io_event_enable(&self.producer, -1);
-    }
-}
 
 /// The calls into librdkafka the bindings do not wrap, on the producer's
 /// main queue (delivery reports, errors, log lines): the crate's one
 /// audited exception to `deny(unsafe_code)`.
 mod ffi {
     #![allow(unsafe_code)]
-
-    use std::os::fd::RawFd;
 
     use rdkafka::bindings::{self, rd_kafka_queue_t};
     use rdkafka::producer::Producer;
@@ -201,27 +151,6 @@ mod ffi {
             bindings::rd_kafka_queue_destroy(queue);
             Some(out)
         }
-    }
-
-    /// Tells librdkafka to write a byte to `fd` when the main queue goes
-    /// from empty to not empty, or (`fd == -1`) to stop. False if there is
-    /// no main queue.
-    pub(super) fn io_event_enable(producer: &KafkaProducer, fd: RawFd) -> bool {
-        const PAYLOAD: [u8; 1] = [1];
-        // SAFETY: the queue is used during the call only; librdkafka copies
-        // the payload. The fd stays open until this is called again with -1
-        // (ReportSignal's Drop, before its fd field is dropped).
-        unsafe {
-            with_main_queue(producer, |queue| {
-                bindings::rd_kafka_queue_io_event_enable(
-                    queue,
-                    fd,
-                    PAYLOAD.as_ptr().cast(),
-                    PAYLOAD.len(),
-                )
-            })
-        }
-        .is_some()
     }
 
     /// Events waiting in the main queue.
@@ -384,11 +313,29 @@ fn permanent(error: &KafkaError) -> bool {
     )
 }
 
+/// How the sink paces its input: how many events may wait for their
+/// reports, what happens past that, and how long a batch waits for more.
+#[derive(Clone, Copy, Debug)]
+pub struct Flow {
+    pub buffer: usize,
+    pub overflow: OverflowPolicy,
+    pub batch_wait: Duration,
+}
+
+impl Flow {
+    pub fn of(kafka: &KafkaSection) -> Self {
+        Self {
+            buffer: kafka.buffer,
+            overflow: kafka.overflow,
+            batch_wait: kafka.batch_wait,
+        }
+    }
+}
+
 /// Kafka, set up: the producer, and the topics it creates on first use.
 pub struct KafkaSink {
     producer: KafkaProducer,
-    buffer: usize,
-    overflow: OverflowPolicy,
+    flow: Flow,
     new_topics: Option<NewTopics>,
 }
 
@@ -404,8 +351,7 @@ impl KafkaSink {
         };
         Ok(Self {
             producer,
-            buffer: kafka.buffer,
-            overflow: kafka.overflow,
+            flow: Flow::of(kafka),
             new_topics,
         })
     }
@@ -421,15 +367,7 @@ impl super::Sink for KafkaSink {
             // Reachability is watched for as long as the sink runs.
             let watching = CancellationToken::new();
             let watch = tokio::spawn(watch_reachability(self.producer.clone(), watching.clone()));
-            run(
-                self.producer,
-                input,
-                self.buffer,
-                self.overflow,
-                self.new_topics,
-                deadline,
-            )
-            .await;
+            run(self.producer, input, self.flow, self.new_topics, deadline).await;
             watching.cancel();
             let _ = watch.await;
         })
@@ -442,30 +380,37 @@ impl super::Sink for KafkaSink {
 pub async fn run(
     producer: KafkaProducer,
     mut input: mpsc::Receiver<Record>,
-    buffer: usize,
-    overflow: OverflowPolicy,
+    flow: Flow,
     mut new_topics: Option<NewTopics>,
     deadline: CancellationToken,
 ) {
+    let Flow {
+        buffer,
+        overflow,
+        batch_wait,
+    } = flow;
     let mut in_flight = 0usize;
     let mut retries: VecDeque<(Instant, Record)> = VecDeque::new();
     let mut reports = Settled::new(&producer);
-    let mut signal = ReportSignal::new(&producer)
-        .inspect_err(|e| tracing::warn!(error = %e, "No wake-up from librdkafka for delivery reports; polling every millisecond instead."))
-        .ok();
     let mut incoming: Vec<Record> = Vec::new();
+    // The batch being gathered, and when it goes to librdkafka.
+    let mut batch: Vec<Record> = Vec::new();
+    let mut batch_due: Option<Instant> = None;
     let mut input_open = true;
     let gauge = &metrics().buffered_events;
     loop {
-        let waiting = in_flight + retries.len();
+        let waiting = in_flight + retries.len() + batch.len();
         gauge.set(waiting as i64);
         if !input_open && waiting == 0 {
             break;
         }
+        if !batch.is_empty() && (!input_open || batch.len() >= INPUT_BATCH) {
+            batch_due = Some(Instant::now());
+        }
         let retry_at = retries.front().map(|(at, _)| *at);
         let poll_at = reports.polled
-            + if in_flight > 0 && signal.is_none() {
-                TICK
+            + if in_flight > 0 {
+                REPORT_TICK
             } else {
                 IDLE_POLL
             };
@@ -479,6 +424,9 @@ pub async fn run(
         tokio::select! {
             biased;
             () = deadline.cancelled() => {
+                for record in batch.drain(..) {
+                    produce(&producer, record, &mut in_flight, &mut retries);
+                }
                 let flushed = tokio::task::spawn_blocking({
                     let p = producer.clone();
                     move || p.flush(Duration::from_secs(1)).is_ok()
@@ -487,10 +435,13 @@ pub async fn run(
                 tracing::error!(undelivered = waiting, flushed, "Shutdown deadline reached with events not yet acknowledged by Kafka.");
                 return;
             }
-            healthy = async { signal.as_ref().expect("guarded by the select condition").wait().await }, if signal.is_some() => {
-                if !healthy {
-                    tracing::warn!("librdkafka's wake-up pipe failed; polling for delivery reports every millisecond instead.");
-                    signal = None;
+            () = sleep_until_opt(batch_due) => {
+                batch_due = None;
+                for record in batch.drain(..) {
+                    if let Some(new_topics) = new_topics.as_mut() {
+                        new_topics.ensure(&record.topic).await;
+                    }
+                    produce(&producer, record, &mut in_flight, &mut retries);
                 }
                 reports.collect(&mut in_flight, &mut retries);
             }
@@ -509,14 +460,14 @@ pub async fn run(
                 }
                 for record in incoming.drain(..) {
                     // Gap markers are never dropped: they are how consumers learn to resync.
-                    if in_flight + retries.len() >= buffer && record.is_event() {
+                    if in_flight + retries.len() + batch.len() >= buffer && record.is_event() {
                         events::dropped(DropReason::Overflow, &record.topic);
                         continue;
                     }
-                    if let Some(new_topics) = new_topics.as_mut() {
-                        new_topics.ensure(&record.topic).await;
-                    }
-                    produce(&producer, record, &mut in_flight, &mut retries);
+                    batch.push(record);
+                }
+                if batch_due.is_none() && !batch.is_empty() {
+                    batch_due = Some(Instant::now() + batch_wait);
                 }
                 // Awake anyway: take whatever reports have come meanwhile.
                 reports.collect(&mut in_flight, &mut retries);
@@ -551,15 +502,15 @@ impl Settled {
     /// in [`Reports`], errors are logged) and settles every report.
     fn collect(&mut self, in_flight: &mut usize, retries: &mut VecDeque<(Instant, Record)>) {
         // A poll without waiting serves one event (one produce response's
-        // reports, an error or a log line). Serve until the queue is empty:
-        // librdkafka signals only a queue that goes from empty to not empty.
+        // reports, an error or a log line). Serve until the queue is empty,
+        // so that nothing waits behind a log line for the next collection.
         self.polled = Instant::now();
         let served_all = (0..MAX_POLLS).any(|_| {
             self.producer.poll(Duration::ZERO);
             ffi::main_queue_len(&self.producer) == 0
         });
         if !served_all {
-            // The rest at the next turn of the loop, not the next signal.
+            // The rest at the next turn of the loop, not the next tick.
             self.polled = self.polled.checked_sub(IDLE_POLL).unwrap_or(self.polled);
         }
         self.producer.context().take(&mut self.taken);
