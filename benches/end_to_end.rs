@@ -32,7 +32,7 @@ struct Options {
     /// building a fresh JSON body per event cost it more than the bridge's
     /// whole work on the event.
     body_reuse: u32,
-    /// `BENCH_ONLY=idle|moderate|load|latency|recovery|directory`: that phase alone (experiments);
+    /// `BENCH_ONLY=idle|moderate|floor|load|latency|recovery|directory`: that phase alone (experiments);
     /// unset: every phase.
     only: Option<String>,
 }
@@ -64,9 +64,10 @@ impl Options {
         }
     }
 
-    const PHASES: [&str; 6] = [
+    const PHASES: [&str; 7] = [
         "idle",
         "moderate",
+        "floor",
         "load",
         "latency",
         "recovery",
@@ -200,7 +201,18 @@ async fn run(o: &Options) -> String {
             let before = bridge
                 .histogram("genesys_bridge_publish_latency_seconds")
                 .await;
+            let pid = bridge.pid.to_string();
+            let (rdk0, all0) = (
+                threads_cpu(&pid, |n| n.starts_with("rdk:")),
+                threads_cpu(&pid, |_| true),
+            );
+            let (_, broker0) = neighbours_cpu_seconds();
             let (published, cpu, secs) = bridge.window(30).await;
+            let (_, broker1) = neighbours_cpu_seconds();
+            let (rdk1, all1) = (
+                threads_cpu(&pid, |n| n.starts_with("rdk:")),
+                threads_cpu(&pid, |_| true),
+            );
             let after = bridge
                 .histogram("genesys_bridge_publish_latency_seconds")
                 .await;
@@ -224,6 +236,19 @@ async fn run(o: &Options) -> String {
                     cpu / secs * 100.0
                 ),
             ));
+            let per = |x: f64| x / published.max(1.0);
+            rows.push(row(
+                &format!("of which librdkafka's threads ({label})"),
+                None,
+                per(rdk1.0 - rdk0.0) * 1e6,
+                "µs",
+                &format!(
+                    " ({:.2} of the bridge's {:.2} thread wake-ups per event; the broker, Tansu: {:.0} µs per event)",
+                    per((rdk1.1 - rdk0.1) as f64),
+                    per((all1.1 - all0.1) as f64),
+                    per(broker1 - broker0) * 1e6
+                ),
+            ));
             rows.push(row(
                 &format!("peak RSS ({label})"),
                 Some((30.0, false)),
@@ -241,6 +266,61 @@ async fn run(o: &Options) -> String {
             emu.set_rate(0.0);
             bridge.stop().await;
             emu.shutdown().await;
+        }
+    }
+
+    // 2b. librdkafka alone at the moderate phase's rates and topics.
+    if o.runs("floor") {
+        for (topics, rate) in [(200usize, 500.0), (1_000, 2_000.0)] {
+            let broker = fresh_broker();
+            let brokers = broker.brokers();
+            let emu = emulator(EmuConfig::default()).await;
+            let topics_list = emu.sample_topics(topics);
+            emu.shutdown().await;
+            let label = format!("{topics} topics, {rate:.0} events/s");
+            // The same Kafka topics, partitions and rates as the moderate
+            // phase through librdkafka alone: the floor under the bridge's
+            // figures there.
+            let kafka_topics: Vec<String> = {
+                let mut router = genesys_kafka_bridge::pipeline::route::Router::new(
+                    &unique_prefix("floor"),
+                    Default::default(),
+                );
+                let mut set: Vec<String> = topics_list
+                    .iter()
+                    .map(|t| router.kafka_topic(t).to_string())
+                    .collect();
+                set.sort();
+                set.dedup();
+                set
+            };
+            let section = genesys_kafka_bridge::config::KafkaSection {
+                brokers: brokers.clone(),
+                partitions: PARTITIONS,
+                ..Default::default()
+            };
+            genesys_kafka_bridge::sink::kafka::create_topics(&section, &kafka_topics)
+                .await
+                .expect("floor topics");
+            let floor = tokio::task::spawn_blocking({
+                let (brokers, topics) = (brokers.clone(), kafka_topics.clone());
+                move || librdkafka_floor(&brokers, &topics, rate, 500, 20)
+            })
+            .await
+            .expect("floor");
+            let per_event = floor.cpu_seconds / floor.delivered.max(1) as f64 * 1e6;
+            rows.push(row(
+                &format!("librdkafka alone, the same Kafka topics and rate ({label})"),
+                None,
+                per_event,
+                "µs",
+                &format!(
+                    " per record ({:.0} records/s delivered to {} partitions, {:.2} thread wake-ups per record)",
+                    floor.delivered as f64 / floor.seconds,
+                    kafka_topics.len() * PARTITIONS as usize,
+                    floor.wakeups as f64 / floor.delivered.max(1) as f64,
+                ),
+            ));
         }
     }
 
@@ -546,14 +626,18 @@ async fn run(o: &Options) -> String {
             "v2.routing.queues.{queue}.conversations".to_owned(),
         ];
         let started = SystemTime::now();
-        let bridge = Bridge::start(
+        let bridge = Bridge::spawn(
             &emu,
             &templates,
             &brokers,
             &work.join("directory"),
-            &[("GENESYS_BRIDGE_DIRECTORY__REFRESH", "10s")],
-        )
-        .await;
+            // The start-up snapshot of 20,000 users would take its REST
+            // budget for 40 minutes: not idle. Resync is measured apart.
+            &[
+                ("GENESYS_BRIDGE_DIRECTORY__REFRESH", "10s"),
+                ("GENESYS_BRIDGE_RESYNC__ON_START", "false"),
+            ],
+        );
         let waited = Instant::now();
         while bridge.metric("genesys_bridge_topics_subscribed").await < 19_000.0
             && waited.elapsed() < Duration::from_secs(180)
@@ -571,6 +655,16 @@ async fn run(o: &Options) -> String {
             .iter()
             .filter(|r| r.kind == RequestKind::Subscriptions)
             .count();
+        // The first listing: its calls all come before the first
+        // subscription call.
+        let first_subscription = requests
+            .iter()
+            .find(|r| r.kind == RequestKind::Subscriptions)
+            .map(|r| r.at);
+        let listing: Vec<SystemTime> = listing
+            .into_iter()
+            .filter(|at| first_subscription.is_none_or(|first| *at <= first))
+            .collect();
         let first_listing = match (listing.first(), listing.last()) {
             (Some(first), Some(last)) => secs_between(*last, *first),
             _ => f64::NAN,
@@ -703,7 +797,32 @@ struct Bridge {
 }
 
 impl Bridge {
+    /// Starts the bridge on `topics` and waits until the emulator sees
+    /// every one of them subscribed.
     async fn start(
+        emu: &Emulator,
+        topics: &[String],
+        brokers: &str,
+        work: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let bridge = Self::spawn(emu, topics, brokers, work, extra);
+        let started = Instant::now();
+        let all = wait_until(Duration::from_secs(120), || {
+            topics.iter().all(|t| emu.covered(t))
+        })
+        .await;
+        assert!(all, "the bridge subscribed every topic");
+        eprintln!(
+            "bench: {} topics subscribed in {:.1} s",
+            topics.len(),
+            started.elapsed().as_secs_f64()
+        );
+        bridge
+    }
+
+    /// Starts the bridge (`topics` may be templates) without waiting.
+    fn spawn(
         emu: &Emulator,
         topics: &[String],
         brokers: &str,
@@ -730,24 +849,12 @@ impl Bridge {
             .stderr(log);
         let child = command.spawn().expect("bridge starts");
         let pid = child.id().expect("pid");
-        let bridge = Self {
+        Self {
             child,
             pid,
             admin,
             http: reqwest::Client::new(),
-        };
-        let started = Instant::now();
-        let all = wait_until(Duration::from_secs(120), || {
-            topics.iter().all(|t| emu.covered(t))
-        })
-        .await;
-        assert!(all, "the bridge subscribed every topic");
-        eprintln!(
-            "bench: {} topics subscribed in {:.1} s",
-            topics.len(),
-            started.elapsed().as_secs_f64()
-        );
-        bridge
+        }
     }
 
     /// Published events, bridge CPU seconds and wall seconds over `secs`.
@@ -780,15 +887,21 @@ impl Bridge {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// The bridge's /metrics; it is retried for 10 s while the admin
+    /// server is not yet listening.
     async fn scrape(&self) -> String {
-        self.http
-            .get(format!("http://{}/metrics", self.admin))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("metrics text")
+        let url = format!("http://{}/metrics", self.admin);
+        let mut tries = 0;
+        loop {
+            match self.http.get(&url).send().await {
+                Ok(reply) => return reply.text().await.expect("metrics text"),
+                Err(e) if e.is_connect() && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("scrape: {e}"),
+            }
+        }
     }
 
     /// The sum of a family's samples (all label sets).
@@ -842,18 +955,7 @@ fn open_log(work: &std::path::Path) -> std::fs::File {
 
 /// CPU seconds (user and system) a process has used so far; 0 if it is gone.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime is the
-    // 14th field of the line, stime the 15th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / clock_ticks()
+    task_cpu(std::path::Path::new(&format!("/proc/{pid}"))).0
 }
 
 /// The bench's own CPU (the emulator, mostly) and the broker's.
@@ -873,4 +975,177 @@ fn clock_ticks() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+/// What librdkafka alone costs at a given rate over a given set of Kafka
+/// topics: the bridge's own producer settings ([`client_config`]), one
+/// thread that produces a record of `bytes` bytes with 6 headers and a
+/// distinct key at an even pace and serves delivery reports each time it
+/// wakes (one wake-up per record, as a frame is one for the bridge), and no WebSocket, parsing,
+/// dedup or pipeline. Measured from the threads' own counters, while nothing
+/// else runs in this process: the driver thread plus librdkafka's `rdk:*`
+/// threads. The floor under any bridge built on librdkafka with these topics
+/// and partitions.
+struct Floor {
+    cpu_seconds: f64,
+    delivered: u64,
+    seconds: f64,
+    wakeups: u64,
+}
+
+fn librdkafka_floor(
+    brokers: &str,
+    topics: &[String],
+    rate: f64,
+    bytes: usize,
+    seconds: u64,
+) -> Floor {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    /// Delivered, and reported at all.
+    #[derive(Default)]
+    struct Count(Arc<AtomicU64>, AtomicU64);
+    impl rdkafka::ClientContext for Count {}
+    impl ProducerContext for Count {
+        type DeliveryOpaque = ();
+        fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            if result.is_ok() {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    let kafka = genesys_kafka_bridge::config::KafkaSection {
+        brokers: brokers.to_owned(),
+        ..Default::default()
+    };
+    let delivered = Arc::new(AtomicU64::new(0));
+    let producer: BaseProducer<Count> = genesys_kafka_bridge::sink::kafka::client_config(&kafka)
+        .create_with_context(Count(delivered.clone(), AtomicU64::new(0)))
+        .expect("producer");
+    let payload = vec![b'x'; bytes];
+    let produce_for = |producer: &BaseProducer<Count>, until: Instant, n: &mut u64| {
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let mut next = Instant::now();
+        while Instant::now() < until {
+            let now = Instant::now();
+            if now < next {
+                // Reports are served when the thread wakes to produce, as
+                // the bridge serves them when a frame wakes it.
+                std::thread::sleep(next - now);
+                // A poll serves one event (one response's reports): serve
+                // until one finds nothing.
+                for _ in 0..1024 {
+                    let reported = producer.context().1.load(Ordering::Relaxed);
+                    producer.poll(Duration::ZERO);
+                    if producer.context().1.load(Ordering::Relaxed) == reported {
+                        break;
+                    }
+                }
+                continue;
+            }
+            let key = uuid_like(*n);
+            let mut headers = OwnedHeaders::new_with_capacity(6);
+            for name in [
+                "genesys-topic",
+                "genesys-correlation-id",
+                "genesys-resource-id",
+                "bridge-channel",
+                "bridge-source",
+                "content-type",
+            ] {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(key.as_bytes()),
+                });
+            }
+            let topic = &topics[*n as usize % topics.len()];
+            let record = BaseRecord::to(topic)
+                .key(key.as_bytes())
+                .payload(&payload[..])
+                .headers(headers);
+            if producer.send(record).is_err() {
+                producer.poll(Duration::from_millis(1));
+            }
+            *n += 1;
+            next += interval;
+        }
+    };
+    let mut n = 0;
+    // Connections, metadata and the first batches first.
+    produce_for(&producer, Instant::now() + Duration::from_secs(3), &mut n);
+    let threads0 = threads_cpu("self", |name| name.starts_with("rdk:"));
+    let (cpu0, wake0) = this_thread_cpu();
+    let delivered0 = delivered.load(Ordering::Relaxed);
+    let started = Instant::now();
+    produce_for(&producer, started + Duration::from_secs(seconds), &mut n);
+    let secs = started.elapsed().as_secs_f64();
+    let (cpu1, wake1) = this_thread_cpu();
+    let threads1 = threads_cpu("self", |name| name.starts_with("rdk:"));
+    let delivered1 = delivered.load(Ordering::Relaxed);
+    let _ = producer.flush(Duration::from_secs(10));
+    Floor {
+        cpu_seconds: (cpu1 - cpu0) + (threads1.0 - threads0.0),
+        delivered: delivered1 - delivered0,
+        seconds: secs,
+        wakeups: (wake1 - wake0) + (threads1.1 - threads0.1),
+    }
+}
+
+/// A distinct 36-character key per record, shaped like a Genesys id.
+fn uuid_like(n: u64) -> String {
+    let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    format!(
+        "{:08x}-0000-4000-8000-{:012x}",
+        h >> 32,
+        h & 0xFFFF_FFFF_FFFF
+    )
+}
+
+/// CPU seconds and voluntary context switches of the threads of a process
+/// (`self` or a pid) whose name passes `keep`.
+fn threads_cpu(process: &str, keep: impl Fn(&str) -> bool) -> (f64, u64) {
+    let mut total = (0.0, 0);
+    let tasks = std::fs::read_dir(format!("/proc/{process}/task"));
+    for task in tasks.into_iter().flatten().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if keep(comm.trim()) {
+            let (cpu, wakes) = task_cpu(&task.path());
+            total.0 += cpu;
+            total.1 += wakes;
+        }
+    }
+    total
+}
+
+fn this_thread_cpu() -> (f64, u64) {
+    task_cpu(std::path::Path::new("/proc/thread-self"))
+}
+
+/// utime + stime (s) and voluntary context switches of a process
+/// (`/proc/<pid>`) or one thread (`/proc/<pid>/task/<tid>`); 0 if gone.
+fn task_cpu(task: &std::path::Path) -> (f64, u64) {
+    let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the
+    // 14th field of the line, stime the 15th.
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (ticks(11) + ticks(12)) / clock_ticks();
+    let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+    let wakes = status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (cpu, wakes)
 }
