@@ -450,7 +450,7 @@ async fn run(o: &Options) -> String {
         emu.shutdown().await;
     }
 
-    // 4. Latency at 1,000 events/s (default linger 5 ms), then abrupt
+    // 4. Latency at 1,000 events/s (default batch_wait 5 ms), then abrupt
     // drops with the default backoff, then planned moves.
     if o.runs("latency") {
         let broker = fresh_broker();
