@@ -32,7 +32,7 @@ struct Options {
     /// building a fresh JSON body per event cost it more than the bridge's
     /// whole work on the event.
     body_reuse: u32,
-    /// `BENCH_ONLY=idle|moderate|floor|load|latency|recovery|directory`: that phase alone (experiments);
+    /// `BENCH_ONLY=idle|moderate|floor|load|latency|recovery|directory|resync`: that phase alone (experiments);
     /// unset: every phase.
     only: Option<String>,
 }
@@ -64,7 +64,7 @@ impl Options {
         }
     }
 
-    const PHASES: [&str; 7] = [
+    const PHASES: [&str; 8] = [
         "idle",
         "moderate",
         "floor",
@@ -72,6 +72,7 @@ impl Options {
         "latency",
         "recovery",
         "directory",
+        "resync",
     ];
 
     fn runs(&self, phase: &str) -> bool {
@@ -714,6 +715,99 @@ async fn run(o: &Options) -> String {
         ));
         bridge.stop().await;
         emu.shutdown().await;
+        drop(broker);
+    }
+
+    // 7. The start-up resync of 5,000 users (presence and routing status):
+    // its pace at the default request budget, then the whole of it at a
+    // budget 25 times larger.
+    if o.runs("resync") {
+        let broker = fresh_broker();
+        let brokers = broker.brokers();
+        let templates = ["v2.users.{user}?presence&routingStatus".to_owned()];
+        for budget in [None, Some(3_000u32)] {
+            let emu = emulator(EmuConfig {
+                user_ids: genesys_emulator::config::generated_ids(5_000),
+                queue_ids: genesys_emulator::config::generated_ids(1),
+                ..EmuConfig::default()
+            })
+            .await;
+            let per_minute = budget.map(|b| b.to_string());
+            let mut env = vec![];
+            if let Some(b) = &per_minute {
+                env.push(("GENESYS_BRIDGE_RESYNC__MAX_REQUESTS_PER_MINUTE", b.as_str()));
+            }
+            let started = Instant::now();
+            let bridge = Bridge::spawn(
+                &emu,
+                &templates,
+                &brokers,
+                &work.join(format!("resync-{}", budget.unwrap_or(0))),
+                &env,
+            );
+            let state_requests = || {
+                emu.requests()
+                    .iter()
+                    .filter(|r| r.kind == RequestKind::State)
+                    .count()
+            };
+            // 5,000 users: presence 50 a call, routing status one a call.
+            let needed = 5_000 / 50 + 5_000;
+            match budget {
+                None => {
+                    // The default budget: its pace over two minutes from
+                    // the first request, and what that makes of the whole.
+                    wait_until(Duration::from_secs(60), || state_requests() > 0).await;
+                    let first = Instant::now();
+                    tokio::time::sleep(Duration::from_secs(120)).await;
+                    let made = state_requests();
+                    let pending = bridge
+                        .metric("genesys_bridge_resync_pending_resources")
+                        .await;
+                    let per_minute = made as f64 / first.elapsed().as_secs_f64() * 60.0;
+                    rows.push(row(
+                        "resync of 5,000 users at the default budget (120 requests a minute)",
+                        None,
+                        needed as f64 / per_minute,
+                        "min",
+                        &format!(
+                            " to converge at the pace measured: {made} REST requests in the first 120 s ({per_minute:.0} a minute, a first burst of 12 included), {needed} needed, {pending:.0} resources still pending"
+                        ),
+                    ));
+                }
+                Some(budget) => {
+                    let done = loop {
+                        let ended = bridge.metric("genesys_bridge_resyncs_total").await;
+                        let pending = bridge
+                            .metric("genesys_bridge_resync_pending_resources")
+                            .await;
+                        if (ended >= 5.0 && pending == 0.0)
+                            || started.elapsed() > Duration::from_secs(300)
+                        {
+                            break ended >= 5.0;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    };
+                    let complete = bridge
+                        .metric("genesys_bridge_resyncs_total{status=\"complete\"}")
+                        .await;
+                    rows.push(row(
+                        &format!("resync of 5,000 users at {budget} requests a minute, start to the last record"),
+                        None,
+                        started.elapsed().as_secs_f64(),
+                        "s",
+                        &format!(
+                            " ({} REST requests, {needed} by the budget's count: {:.0} s; {complete:.0} of 5 shards' snapshots complete{})",
+                            state_requests(),
+                            needed as f64 / budget as f64 * 60.0,
+                            if done { "" } else { "; it did not end within 300 s" }
+                        ),
+                    ));
+                }
+            }
+            bridge.stop().await;
+            emu.shutdown().await;
+        }
         drop(broker);
     }
     render(&rows)
