@@ -4,12 +4,13 @@
 #   scripts/bench.sh [--topics 10000] [--max-rate 150000] [--seconds 20] [--drops 50]
 #   scripts/bench.sh --hot-path      # also the per-event criterion benches
 #   BENCH_ONLY=load BENCH_BRIDGE_ENV=GENESYS_BRIDGE_KAFKA__PARTITIONS=1 scripts/bench.sh
-#                                    # experiments: one phase only (idle, load, latency), settings overridden
+#                                    # experiments: one phase only (idle, moderate, floor, load, latency,
+#                                    # recovery, directory, resync), settings overridden
 #   BENCH_BODY_REUSE=1 scripts/bench.sh
 #                                    # a fresh generated body per event in the load phase (default 16)
 #
 # Prints one table (measure, target, result, verdict) and writes it to
-# target/bench/end-to-end.md. Takes about 8 minutes with the defaults.
+# target/bench/end-to-end.md. Takes about 18 minutes with the defaults.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
     --seconds) export BENCH_SECONDS="$2"; shift 2 ;;
     --drops) export BENCH_DROPS="$2"; shift 2 ;;
     --hot-path) hot=1; shift ;;
-    *) sed -n '2,13p' "$0"; exit 2 ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
   esac
 done
 scripts/kafka-dev.sh install >/dev/null
