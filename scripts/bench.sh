@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
     --seconds) export BENCH_SECONDS="$2"; shift 2 ;;
     --drops) export BENCH_DROPS="$2"; shift 2 ;;
     --hot-path) hot=1; shift ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    *) sed -n '2,13p' "$0"; exit 2 ;;
   esac
 done
 scripts/kafka-dev.sh install >/dev/null
