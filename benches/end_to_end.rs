@@ -1062,7 +1062,14 @@ fn neighbours_cpu_seconds() -> (f64, f64) {
     (cpu_seconds(std::process::id()), broker)
 }
 
+/// Clock ticks a second (`getconf CLK_TCK`), asked once: the CPU figures
+/// read it at every snapshot, some of them from the measured thread.
 fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(ask_clock_ticks)
+}
+
+fn ask_clock_ticks() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -1097,18 +1104,19 @@ fn librdkafka_floor(
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
 
-    /// Delivered, and reported at all.
     #[derive(Default)]
-    struct Count(Arc<AtomicU64>, AtomicU64);
+    struct Count {
+        delivered: AtomicU64,
+        reported: AtomicU64,
+    }
     impl rdkafka::ClientContext for Count {}
     impl ProducerContext for Count {
         type DeliveryOpaque = ();
         fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-            self.1.fetch_add(1, Ordering::Relaxed);
+            self.reported.fetch_add(1, Ordering::Relaxed);
             if result.is_ok() {
-                self.0.fetch_add(1, Ordering::Relaxed);
+                self.delivered.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -1117,10 +1125,10 @@ fn librdkafka_floor(
         brokers: brokers.to_owned(),
         ..Default::default()
     };
-    let delivered = Arc::new(AtomicU64::new(0));
     let producer: BaseProducer<Count> = genesys_kafka_bridge::sink::kafka::client_config(&kafka)
-        .create_with_context(Count(delivered.clone(), AtomicU64::new(0)))
+        .create_with_context(Count::default())
         .expect("producer");
+    let delivered = || producer.context().delivered.load(Ordering::Relaxed);
     let payload = vec![b'x'; bytes];
     let produce_for = |producer: &BaseProducer<Count>, until: Instant, n: &mut u64| {
         let interval = Duration::from_secs_f64(1.0 / rate);
@@ -1134,9 +1142,9 @@ fn librdkafka_floor(
                 // A poll serves one event (one response's reports): serve
                 // until one finds nothing.
                 for _ in 0..1024 {
-                    let reported = producer.context().1.load(Ordering::Relaxed);
+                    let reported = producer.context().reported.load(Ordering::Relaxed);
                     producer.poll(Duration::ZERO);
-                    if producer.context().1.load(Ordering::Relaxed) == reported {
+                    if producer.context().reported.load(Ordering::Relaxed) == reported {
                         break;
                     }
                 }
@@ -1174,13 +1182,13 @@ fn librdkafka_floor(
     produce_for(&producer, Instant::now() + Duration::from_secs(3), &mut n);
     let threads0 = threads_cpu("self", |name| name.starts_with("rdk:"));
     let (cpu0, wake0) = this_thread_cpu();
-    let delivered0 = delivered.load(Ordering::Relaxed);
+    let delivered0 = delivered();
     let started = Instant::now();
     produce_for(&producer, started + Duration::from_secs(seconds), &mut n);
     let secs = started.elapsed().as_secs_f64();
     let (cpu1, wake1) = this_thread_cpu();
     let threads1 = threads_cpu("self", |name| name.starts_with("rdk:"));
-    let delivered1 = delivered.load(Ordering::Relaxed);
+    let delivered1 = delivered();
     let _ = producer.flush(Duration::from_secs(10));
     Floor {
         cpu_seconds: (cpu1 - cpu0) + (threads1.0 - threads0.0),

@@ -424,9 +424,7 @@ pub async fn run(
         tokio::select! {
             biased;
             () = deadline.cancelled() => {
-                for record in batch.drain(..) {
-                    produce(&producer, record, &mut in_flight, &mut retries);
-                }
+                hand_over(&producer, &mut batch, &mut new_topics, &mut in_flight, &mut retries).await;
                 let flushed = tokio::task::spawn_blocking({
                     let p = producer.clone();
                     move || p.flush(Duration::from_secs(1)).is_ok()
@@ -437,12 +435,7 @@ pub async fn run(
             }
             () = sleep_until_opt(batch_due) => {
                 batch_due = None;
-                for record in batch.drain(..) {
-                    if let Some(new_topics) = new_topics.as_mut() {
-                        new_topics.ensure(&record.topic).await;
-                    }
-                    produce(&producer, record, &mut in_flight, &mut retries);
-                }
+                hand_over(&producer, &mut batch, &mut new_topics, &mut in_flight, &mut retries).await;
                 reports.collect(&mut in_flight, &mut retries);
             }
             () = tokio::time::sleep_until(poll_at) => {
@@ -555,6 +548,23 @@ fn settle(
         }
     }
     None
+}
+
+/// Hands a gathered batch to librdkafka, each record's topic created first
+/// if the sink creates topics.
+async fn hand_over(
+    producer: &KafkaProducer,
+    batch: &mut Vec<Record>,
+    new_topics: &mut Option<NewTopics>,
+    in_flight: &mut usize,
+    retries: &mut VecDeque<(Instant, Record)>,
+) {
+    for record in batch.drain(..) {
+        if let Some(new_topics) = new_topics.as_mut() {
+            new_topics.ensure(&record.topic).await;
+        }
+        produce(producer, record, in_flight, retries);
+    }
 }
 
 /// Hands one record to librdkafka; a full local queue or a transient error
