@@ -229,6 +229,10 @@ impl Session<'_> {
         );
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+        // Why the socket ended, and since when it may have been blind. A
+        // lost socket is only known to have delivered up to its last text
+        // frame: the server may have stopped sending (another socket took
+        // the channel, say) long before its close or the error is read.
         let outcome: (Option<Reason>, String, SystemTime) = loop {
             if subscribed.is_some() && !confirm_sent {
                 confirm_sent = true;
@@ -274,15 +278,15 @@ impl Session<'_> {
                         }
                         Some(Ok(Message::Close(frame))) => {
                             let detail = frame.map(|f| format!("close {}: {}", u16::from(f.code), f.reason)).unwrap_or_else(|| "close".into());
-                            break (Some(Reason::ServerClose), detail, SystemTime::now());
+                            break (Some(Reason::ServerClose), detail, last_frame_wall);
                         }
                         Some(Ok(_)) => continue, // protocol ping/pong, raw frames
                         Some(Err(WsError::Capacity(_))) => {
                             events::frame_too_large(&tag);
-                            break (Some(Reason::SocketError), "frame too large".into(), SystemTime::now());
+                            break (Some(Reason::SocketError), "frame too large".into(), last_frame_wall);
                         }
-                        Some(Err(e)) => break (Some(Reason::SocketError), describe(&e), SystemTime::now()),
-                        None => break (Some(Reason::SocketError), "connection ended without a close frame".into(), SystemTime::now()),
+                        Some(Err(e)) => break (Some(Reason::SocketError), describe(&e), last_frame_wall),
+                        None => break (Some(Reason::SocketError), "connection ended without a close frame".into(), last_frame_wall),
                     };
                     // Only the server's text frames show the channel alive
                     // (a protocol-level ping may come from a proxy).
@@ -364,7 +368,7 @@ impl Session<'_> {
                 }
                 _ = ping.tick() => {
                     if let Err(e) = socket.send(Message::text(PING)).await {
-                        break (Some(Reason::SocketError), describe(&e), SystemTime::now());
+                        break (Some(Reason::SocketError), describe(&e), last_frame_wall);
                     }
                 }
                 () = tokio::time::sleep_until(watchdog) => {
@@ -773,6 +777,42 @@ mod tests {
             pings.push((at - start).as_secs());
         }
         assert_eq!(pings, [20, 40, 60]);
+    }
+
+    /// A socket that ends, with the server's close or without one, was
+    /// blind since the last frame read on it: the server stopped sending
+    /// (another socket took the channel, say) at some point after it, not
+    /// when the end was read.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_socket_is_blind_since_its_last_text_frame() {
+        let ends: [(Result<Message, WsError>, Reason); 3] = [
+            (Ok(Message::Close(None)), Reason::ServerClose),
+            (Err(WsError::ConnectionClosed), Reason::SocketError),
+            (
+                Err(WsError::Io(std::io::ErrorKind::ConnectionReset.into())),
+                Reason::SocketError,
+            ),
+        ];
+        for (end, expected) in ends {
+            let mut rig = rig();
+            rig.from_socket.recv().await.expect("confirm ping");
+            rig.to_socket.send(text(PONG)).expect("open");
+            let event = r#"{"topicName":"v2.users.u.presence","eventBody":{"a":1}}"#;
+            rig.to_socket.send(text(event)).expect("open");
+            let Some(Inbound::Event(read)) = rig.out.recv().await else {
+                panic!("the event is forwarded");
+            };
+            // Real time passes (the wall clock does not pause with tokio's).
+            std::thread::sleep(Duration::from_millis(20));
+            rig.to_socket.send(end).expect("open");
+            let ended = rig.ended().await;
+            assert!(
+                matches!(ended.cause, Cause::Lost { reason, .. } if reason == expected),
+                "{:?}",
+                ended.cause
+            );
+            assert_eq!(ended.last_frame, read.received_at, "blind since the event");
+        }
     }
 
     #[tokio::test(start_paused = true)]
