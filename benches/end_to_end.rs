@@ -732,9 +732,9 @@ async fn run(o: &Options) -> String {
                 ..EmuConfig::default()
             })
             .await;
-            let per_minute = budget.map(|b| b.to_string());
+            let budget_setting = budget.map(|b| b.to_string());
             let mut env = vec![];
-            if let Some(b) = &per_minute {
+            if let Some(b) = &budget_setting {
                 env.push(("GENESYS_BRIDGE_RESYNC__MAX_REQUESTS_PER_MINUTE", b.as_str()));
             }
             let started = Instant::now();
@@ -757,6 +757,9 @@ async fn run(o: &Options) -> String {
                 None => {
                     // The default budget: its pace over two minutes from
                     // the first request, and what that makes of the whole.
+                    // Its first burst is a tenth of a minute's budget.
+                    let default_budget = genesys_kafka_bridge::config::ResyncSection::default()
+                        .max_requests_per_minute;
                     wait_until(Duration::from_secs(60), || state_requests() > 0).await;
                     let first = Instant::now();
                     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -766,12 +769,13 @@ async fn run(o: &Options) -> String {
                         .await;
                     let per_minute = made as f64 / first.elapsed().as_secs_f64() * 60.0;
                     rows.push(row(
-                        "resync of 5,000 users at the default budget (120 requests a minute)",
+                        &format!("resync of 5,000 users at the default budget ({default_budget} requests a minute)"),
                         None,
                         needed as f64 / per_minute,
                         "min",
                         &format!(
-                            " to converge at the pace measured: {made} REST requests in the first 120 s ({per_minute:.0} a minute, a first burst of 12 included), {needed} needed, {pending:.0} resources still pending"
+                            " to converge at the pace measured: {made} REST requests in the first 120 s ({per_minute:.0} a minute, a first burst of {} included), {needed} needed, {pending:.0} resources still pending",
+                            default_budget / 10
                         ),
                     ));
                 }
